@@ -1,0 +1,110 @@
+"""The CWM decoder forward pass as pure functions of a parameter tree.
+
+Layers are applied in groups of `scan_period` (CWM: 1 global + 3 local) with
+`jax.lax.scan`, so compile time does not grow with depth; layers past the last
+whole group run unscanned. `remat` wraps each group in `jax.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cwm_jax.model.config import ModelConfig
+from cwm_jax.model.layers import decoder_layer, layer_mask, rms_norm
+from cwm_jax.model.rope import inverse_frequencies, rope_cos_sin
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole group in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def positions_from_segments(segment_ids_BT):
+  """Positions that restart at 0 at every document boundary of a packed row."""
+  T = segment_ids_BT.shape[1]
+  t_BT = jnp.broadcast_to(jnp.arange(T), segment_ids_BT.shape)
+  is_start_BT = jnp.concatenate(
+      [jnp.ones_like(segment_ids_BT[:, :1], bool),
+       segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+  start_BT = jax.lax.cummax(jnp.where(is_start_BT, t_BT, 0), axis=1)
+  return t_BT - start_BT
+
+
+def scan_plan(cfg: ModelConfig) -> tuple[int, int]:
+  """(number of scanned groups, index of the first unscanned layer)."""
+  if not cfg.scan_layers:
+    return 0, 0
+  p = cfg.scan_period
+  n_groups = cfg.n_layers // p
+  for i in range(n_groups * p):
+    if cfg.layer_types[i] != cfg.layer_types[i % p]:
+      raise ValueError(
+          f"ModelConfig.layer_types is not periodic with scan_period={p} (layer {i} is "
+          f"{cfg.layer_types[i]!r}, layer {i % p} is {cfg.layer_types[i % p]!r}); set "
+          "scan_layers=False or a scan_period that matches the pattern.")
+  return n_groups, n_groups * p
+
+
+def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelConfig):
+  n_groups, tail_start = scan_plan(cfg)
+  p = cfg.scan_period
+
+  if n_groups:
+    def group(x_BTD, gp):
+      for j in range(p):
+        lp = jax.tree.map(lambda a: a[j], gp)
+        mask = layer_mask(cfg.layer_types[j], segment_ids_BT, cfg)
+        x_BTD = decoder_layer(lp, x_BTD, cos_BTH, sin_BTH, mask, cfg)
+      return x_BTD, None
+
+    if cfg.remat != "none":
+      group = jax.checkpoint(group, policy=REMAT_POLICIES[cfg.remat])
+    grouped = jax.tree.map(
+        lambda a: a[:tail_start].reshape(n_groups, p, *a.shape[1:]), layers)
+    x_BTD, _ = jax.lax.scan(group, x_BTD, grouped)
+
+  def one_layer(lp, x_BTD, layer_type):
+    return decoder_layer(lp, x_BTD, cos_BTH, sin_BTH,
+                         layer_mask(layer_type, segment_ids_BT, cfg), cfg)
+
+  if cfg.remat != "none":
+    one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[cfg.remat],
+                               static_argnums=(2,))
+  for i in range(tail_start, cfg.n_layers):
+    lp = jax.tree.map(lambda a: a[i], layers)
+    x_BTD = one_layer(lp, x_BTD, cfg.layer_types[i])
+  return x_BTD
+
+
+def hidden_states(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
+                  segment_ids_BT=None):
+  """Final-normed hidden states [B, T, D] in the compute dtype."""
+  dtype = jnp.dtype(cfg.dtype)
+  p = jax.tree.map(lambda a: a.astype(dtype), params)
+  if positions_BT is None:
+    positions_BT = (positions_from_segments(segment_ids_BT) if segment_ids_BT is not None
+                    else jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape))
+  inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  cos_BTH, sin_BTH = rope_cos_sin(positions_BT, inv_freq)
+  x_BTD = jnp.take(p["embed"], tokens_BT, axis=0)
+  x_BTD = _apply_layers(p["layers"], x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg)
+  return rms_norm(x_BTD, p["final_norm"], cfg.rms_norm_eps)
+
+
+def logits_from_hidden(params: dict, x_BTD, cfg: ModelConfig):
+  head_DV = params["lm_head"].astype(jnp.dtype(cfg.dtype))
+  return jnp.einsum("BTD,DV->BTV", x_BTD, head_DV, preferred_element_type=jnp.float32)
+
+
+def forward(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
+            segment_ids_BT=None):
+  """Logits [B, T, V] in float32."""
+  x_BTD = hidden_states(params, tokens_BT, cfg, positions_BT, segment_ids_BT)
+  return logits_from_hidden(params, x_BTD, cfg)
+
+
+jit_forward = jax.jit(forward, static_argnames=("cfg",))
