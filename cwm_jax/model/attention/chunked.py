@@ -1,0 +1,294 @@
+"""Chunked (flash-style) attention in plain JAX: online softmax over key chunks.
+
+Algorithm. Queries are cut into chunks of `cq` rows and keys into chunks of `ck`
+columns (the tails are padded and masked). A `lax.scan` walks the query chunks;
+for each one a `fori_loop` with *traced* bounds walks only the key chunks that
+intersect that query chunk's causal/window band, keeping a running row max `m`,
+normaliser `l` and un-normalised output `acc` (the online softmax). Key chunks
+outside the band are never visited, so a window of W keys costs
+O(T * (W + chunk) * H) FLOPs instead of O(T * S * H). Inside a visited block
+the exact position mask (causal, window, padding) and the segment ids are
+applied elementwise.
+
+Memory. Besides inputs and outputs, a step holds one [B, K, G, cq, ck] float32
+score block and [B, K, G, cq, H] accumulators; the float32 logsumexp
+[B, K, G, T] is the only other T-sized result. No [T, S] array is ever built.
+
+Backward (FlashAttention-2). The forward saves `out` and `lse`. With
+D = rowsum(dout * out), a block's probabilities are recomputed as
+p = exp(s - lse) and ds = p * (dout @ v^T - D). dq is accumulated per query
+chunk over its band of key chunks; dk and dv per key chunk over the band of
+query chunks that can see it. Both passes skip the blocks the forward skips.
+
+GQA: q is viewed as [B, T, K, G, H]; each kv head serves its G query heads via
+broadcasting in the einsums, so K/V are never repeated.
+
+The mask's position part (causal, window, q_offset) enters as traced scalars
+(`_Band`): loop bounds are dynamic anyway, so one compilation serves every mask
+of a given shape, and a traced `q_offset` (chunked prefill under one jit) works.
+
+Names: `n` indexes chunks; inside a block `q` is a query chunk's rows and `k` a
+key chunk's columns; the other letters are STYLE.md's (B, T, S, N, K, G, H).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cwm_jax.model.attention.mask import Mask
+
+_F32 = jnp.float32
+_NO_WINDOW = 2 ** 30  # a window that reaches every key; keeps int32 arithmetic safe
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static (hashable) shapes of one call: sequence lengths, chunking and scale."""
+  T: int
+  S: int
+  cq: int
+  ck: int
+  scale: float
+
+  @property
+  def nq(self) -> int:
+    return -(-self.T // self.cq)
+
+  @property
+  def nk(self) -> int:
+    return -(-self.S // self.ck)
+
+
+class _Band(NamedTuple):
+  """The position part of a `Mask` as (possibly traced) scalars."""
+  causal: jax.Array    # bool
+  window: jax.Array    # int32, _NO_WINDOW for none
+  q_offset: jax.Array  # int32
+
+  @classmethod
+  def of(cls, mask: Mask) -> "_Band":
+    window = _NO_WINDOW if mask.window is None else mask.window
+    return cls(jnp.asarray(mask.causal, bool), jnp.asarray(window, jnp.int32),
+               jnp.asarray(mask.q_offset, jnp.int32))
+
+
+def _key_chunks(p: _Plan, band: _Band, qi):
+  """[lo, hi) of the key chunks holding any key that query chunk `qi` may see."""
+  first_q = qi * p.cq + band.q_offset
+  last_q = jnp.minimum(qi * p.cq + p.cq, p.T) - 1 + band.q_offset
+  hi_key = jnp.where(band.causal, jnp.minimum(last_q, p.S - 1), p.S - 1)
+  lo_key = jnp.maximum(first_q - band.window + 1, 0)
+  lo = lo_key // p.ck
+  return lo, jnp.where(lo_key <= hi_key, hi_key // p.ck + 1, lo)
+
+
+def _query_chunks(p: _Plan, band: _Band, kj):
+  """[lo, hi) of the query chunks holding any query that may see key chunk `kj`."""
+  first_k = kj * p.ck
+  last_k = jnp.minimum(kj * p.ck + p.ck, p.S) - 1
+  lo_i = jnp.where(band.causal, jnp.maximum(first_k - band.q_offset, 0), 0)
+  hi_i = jnp.minimum(last_k + band.window - 1 - band.q_offset, p.T - 1)
+  lo = lo_i // p.cq
+  return lo, jnp.where(lo_i <= hi_i, hi_i // p.cq + 1, lo)
+
+
+def _block_scores(p: _Plan, band: _Band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_Bk):
+  """Scaled float32 scores of block (qi, kj), -inf where the mask forbids."""
+  s_BKGqk = jnp.einsum("BKGqH,BKkH->BKGqk", q_BKGqH, k_BKkH,
+                       preferred_element_type=_F32) * p.scale
+  i_q = qi * p.cq + jnp.arange(p.cq)
+  j_1k = (kj * p.ck + jnp.arange(p.ck))[None, :]
+  a_q1 = (i_q + band.q_offset)[:, None]
+  ok_qk = (i_q < p.T)[:, None] & (j_1k < p.S) & (j_1k > a_q1 - band.window)
+  ok_qk &= (j_1k <= a_q1) | ~band.causal
+  ok_Bqk = ok_qk[None]
+  if qseg_Bq is not None:
+    ok_Bqk = ok_Bqk & (qseg_Bq[:, :, None] == kseg_Bk[:, None, :])
+  return jnp.where(ok_Bqk[:, None, None], s_BKGqk, -jnp.inf)
+
+
+def _forward(p: _Plan, band: _Band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk):
+  """Online-softmax forward. Returns out (q dtype), lse (f32) and the block count."""
+  B, K, G, _, H = q_nBKGqH.shape[1:]
+
+  def q_step(count, xs):
+    qi, q_BKGqH, qseg_Bq = xs
+
+    def k_step(kj, carry):
+      m_BKGq, l_BKGq, acc_BKGqH, count = carry
+      kseg_Bk = None if kseg_nBk is None else kseg_nBk[kj]
+      v_BKkH = v_nBKkH[kj]
+      s_BKGqk = _block_scores(p, band, qi, kj, q_BKGqH, k_nBKkH[kj], qseg_Bq, kseg_Bk)
+      m_new = jnp.maximum(m_BKGq, s_BKGqk.max(-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # all-masked rows so far
+      p_BKGqk = jnp.exp(s_BKGqk - m_safe[..., None])
+      alpha_BKGq = jnp.exp(m_BKGq - m_safe)
+      l_BKGq = alpha_BKGq * l_BKGq + p_BKGqk.sum(-1)
+      pv_BKGqH = jnp.einsum("BKGqk,BKkH->BKGqH", p_BKGqk.astype(v_BKkH.dtype), v_BKkH,
+                            preferred_element_type=_F32)
+      return m_new, l_BKGq, alpha_BKGq[..., None] * acc_BKGqH + pv_BKGqH, count + 1
+
+    init = (jnp.full((B, K, G, p.cq), -jnp.inf, _F32), jnp.zeros((B, K, G, p.cq), _F32),
+            jnp.zeros((B, K, G, p.cq, H), _F32), count)
+    lo, hi = _key_chunks(p, band, qi)
+    m_BKGq, l_BKGq, acc_BKGqH, count = lax.fori_loop(lo, hi, k_step, init)
+    seen_BKGq = l_BKGq > 0
+    out_BKGqH = acc_BKGqH / jnp.where(seen_BKGq, l_BKGq, 1.0)[..., None]
+    lse_BKGq = jnp.where(seen_BKGq, m_BKGq + jnp.log(jnp.where(seen_BKGq, l_BKGq, 1.0)), 0.0)
+    return count, (out_BKGqH.astype(q_BKGqH.dtype), lse_BKGq)
+
+  xs = (jnp.arange(p.nq), q_nBKGqH, qseg_nBq)
+  count, (out_nBKGqH, lse_nBKGq) = lax.scan(q_step, jnp.int32(0), xs)
+  return out_nBKGqH, lse_nBKGq, count
+
+
+def _backward(p: _Plan, res, dout_nBKGqH):
+  """FlashAttention-2 backward: a dq pass and a dk/dv pass. Also returns block counts."""
+  band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk, out_nBKGqH, lse_nBKGq = res
+  d_nBKGq = jnp.sum(dout_nBKGqH.astype(_F32) * out_nBKGqH.astype(_F32), axis=-1)
+
+  def block(qi, kj, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq, kseg_Bk):
+    """Recomputed probabilities p and score gradients ds (pre-scale) of one block."""
+    k_BKkH, v_BKkH = k_nBKkH[kj], v_nBKkH[kj]
+    s_BKGqk = _block_scores(p, band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_Bk)
+    p_BKGqk = jnp.exp(s_BKGqk - lse_BKGq[..., None])
+    dp_BKGqk = jnp.einsum("BKGqH,BKkH->BKGqk", do_BKGqH, v_BKkH, preferred_element_type=_F32)
+    return p_BKGqk, p_BKGqk * (dp_BKGqk - d_BKGq[..., None]), k_BKkH
+
+  def dq_step(count, xs):
+    qi, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq = xs
+
+    def k_step(kj, carry):
+      dq_BKGqH, count = carry
+      kseg_Bk = None if kseg_nBk is None else kseg_nBk[kj]
+      _, ds_BKGqk, k_BKkH = block(qi, kj, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq, kseg_Bk)
+      dq_BKGqH += jnp.einsum("BKGqk,BKkH->BKGqH", ds_BKGqk.astype(k_BKkH.dtype), k_BKkH,
+                             preferred_element_type=_F32)
+      return dq_BKGqH, count + 1
+
+    lo, hi = _key_chunks(p, band, qi)
+    dq_BKGqH, count = lax.fori_loop(lo, hi, k_step, (jnp.zeros(q_BKGqH.shape, _F32), count))
+    return count, (dq_BKGqH * p.scale).astype(q_BKGqH.dtype)
+
+  def dkv_step(count, xs):
+    kj, k_BKkH, kseg_Bk = xs
+
+    def q_step(qi, carry):
+      dk_BKkH, dv_BKkH, count = carry
+      q_BKGqH, do_BKGqH = q_nBKGqH[qi], dout_nBKGqH[qi]
+      qseg_Bq = None if qseg_nBq is None else qseg_nBq[qi]
+      p_BKGqk, ds_BKGqk, _ = block(qi, kj, q_BKGqH, do_BKGqH, lse_nBKGq[qi], d_nBKGq[qi],
+                                   qseg_Bq, kseg_Bk)
+      dk_BKkH += jnp.einsum("BKGqk,BKGqH->BKkH", ds_BKGqk.astype(q_BKGqH.dtype), q_BKGqH,
+                            preferred_element_type=_F32)
+      dv_BKkH += jnp.einsum("BKGqk,BKGqH->BKkH", p_BKGqk.astype(do_BKGqH.dtype), do_BKGqH,
+                            preferred_element_type=_F32)
+      return dk_BKkH, dv_BKkH, count + 1
+
+    zeros_BKkH = jnp.zeros(k_BKkH.shape, _F32)
+    lo, hi = _query_chunks(p, band, kj)
+    dk_BKkH, dv_BKkH, count = lax.fori_loop(lo, hi, q_step, (zeros_BKkH, zeros_BKkH, count))
+    return count, ((dk_BKkH * p.scale).astype(k_BKkH.dtype), dv_BKkH.astype(v_nBKkH.dtype))
+
+  n_dq, dq_nBKGqH = lax.scan(
+      dq_step, jnp.int32(0),
+      (jnp.arange(p.nq), q_nBKGqH, dout_nBKGqH, lse_nBKGq, d_nBKGq, qseg_nBq))
+  n_dkv, (dk_nBKkH, dv_nBKkH) = lax.scan(
+      dkv_step, jnp.int32(0), (jnp.arange(p.nk), k_nBKkH, kseg_nBk))
+  return dq_nBKGqH, dk_nBKkH, dv_nBKkH, (n_dq, n_dkv)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(p, band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk):
+  return _forward(p, band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk)[0]
+
+
+def _flash_fwd(p, band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk):
+  out_nBKGqH, lse_nBKGq, _ = _forward(p, band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk)
+  return out_nBKGqH, (band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk, out_nBKGqH, lse_nBKGq)
+
+
+def _flash_bwd(p, res, dout_nBKGqH):
+  dq, dk, dv, _ = _backward(p, res, dout_nBKGqH)
+  return None, dq, dk, dv, None, None  # band and segment ids: integer, non-differentiable
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _to_chunks(x_BT_, c: int, pad_value=0):
+  """[B, T, ...] -> [n, B, ..., c] chunks (time moved next to the trailing feature axis)."""
+  B, T = x_BT_.shape[:2]
+  n = -(-T // c)
+  x = jnp.pad(x_BT_, [(0, 0), (0, n * c - T)] + [(0, 0)] * (x_BT_.ndim - 2),
+              constant_values=pad_value)
+  x = x.reshape(B, n, c, *x_BT_.shape[2:])
+  feat = tuple(range(3, x.ndim))
+  # Put n first, keep B, then the head axes, then c, then the last (H) axis if any.
+  if feat:
+    return x.transpose((1, 0) + feat[:-1] + (2, feat[-1]))
+  return x.transpose(1, 0, 2)
+
+
+def _prepare(q_BTNH, k_BSKH, v_BSKH, band: _Band, q_seg_BT, kv_seg_BS, chunk_size: int, scale):
+  """Static plan plus the chunked-layout arguments of `_flash`."""
+  B, T, N, H = q_BTNH.shape
+  S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+  scale = H ** -0.5 if scale is None else float(scale)
+  p = _Plan(T=T, S=S, cq=min(chunk_size, T), ck=min(chunk_size, S), scale=scale)
+  q_nBKGqH = _to_chunks(q_BTNH.reshape(B, T, K, N // K, H), p.cq)
+  k_nBKkH, v_nBKkH = _to_chunks(k_BSKH, p.ck), _to_chunks(v_BSKH, p.ck)
+  qseg_nBq = kseg_nBk = None
+  if q_seg_BT is not None:
+    qseg_nBq = _to_chunks(q_seg_BT, p.cq, pad_value=-1)
+    kseg_nBk = _to_chunks(kv_seg_BS, p.ck, pad_value=-1)
+  return p, (band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk)
+
+
+def chunked_attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, chunk_size: int = 512,
+                      scale=None) -> jax.Array:
+  """Flash-style attention: q [B,T,N,H], k=v [B,S,K,H] (N % K == 0) -> [B,T,N,H].
+
+  Same semantics as `reference_attention` (rows that see no key give zeros),
+  with O(T * chunk_size) memory, skipped out-of-band key chunks and a
+  FlashAttention-2 custom VJP. `scale` must be a Python number (static);
+  `mask.q_offset` may be a traced integer.
+  """
+  return _attend(q_BTNH, k_BSKH, v_BSKH, _Band.of(mask), mask.q_segment_ids,
+                 mask.kv_segment_ids, chunk_size=chunk_size, scale=scale)
+
+
+def _attend(q_BTNH, k_BSKH, v_BSKH, band: _Band, q_seg_BT, kv_seg_BS, *, chunk_size: int,
+            scale=None) -> jax.Array:
+  """`chunked_attention` with the mask's position part as (possibly traced) `_Band`."""
+  B, T, N, H = q_BTNH.shape
+  p, args = _prepare(q_BTNH, k_BSKH, v_BSKH, band, q_seg_BT, kv_seg_BS, chunk_size, scale)
+  out_nBKGqH = _flash(p, *args)
+  # [n, B, K, G, q, H] -> [B, n, q, K, G, H] -> [B, T, N, H]
+  out_BTNH = out_nBKGqH.transpose(1, 0, 4, 2, 3, 5).reshape(B, p.nq * p.cq, N, H)
+  return out_BTNH[:, :T]
+
+
+def processed_blocks(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, chunk_size: int = 512,
+                     scale=None) -> dict[str, int]:
+  """How many [cq, ck] blocks each pass (forward, dq, dk/dv) actually computes.
+
+  Counted by the kernels' own loops (compiled, with traced bounds); a diagnostic
+  for tests and benchmarks showing out-of-band blocks are skipped, not masked.
+  """
+  p, args = _prepare(q_BTNH, k_BSKH, v_BSKH, _Band.of(mask), mask.q_segment_ids,
+                     mask.kv_segment_ids, chunk_size, scale)
+  return {name: int(n) for name, n in zip(("forward", "dq", "dkv"), _count_blocks(p, args))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _count_blocks(p: _Plan, args):
+  out_nBKGqH, lse_nBKGq, n_fwd = _forward(p, *args)
+  _, _, _, (n_dq, n_dkv) = _backward(p, (*args, out_nBKGqH, lse_nBKGq), jnp.ones_like(out_nBKGqH))
+  return n_fwd, n_dq, n_dkv
