@@ -97,6 +97,13 @@ class ModelConfig:
       bad("remat", self.remat, f"one of {REMAT_POLICIES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+    if self.scan_layers:
+      p = self.scan_period
+      for i in range(self.n_layers // p * p):
+        if self.layer_types[i] != self.layer_types[i % p]:
+          bad("layer_types", self.layer_types,
+              f"a pattern periodic with scan_period={p} when scan_layers=True (layer {i} "
+              f"differs from layer {i % p}); set scan_layers=False or a matching scan_period")
     if self.rope_scaling is not None:
       s = self.rope_scaling
       if s.factor <= 0 or s.original_max_positions <= 0:

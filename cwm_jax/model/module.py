@@ -54,7 +54,7 @@ class Cwm(nnx.Module):
 
   def params(self) -> dict:
     """The parameter tree (plain arrays) in the layout of `params.param_specs`."""
-    return nnx.state(self, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(self, nnx.Param))
 
   def __call__(self, input_ids, positions=None, segment_ids=None):
     """Float32 logits [B, T, V] for int tokens [B, T]."""

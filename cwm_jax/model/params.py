@@ -101,5 +101,9 @@ def check_params(cfg: ModelConfig, params: dict, what: str = "params") -> None:
   problems += [f"unexpected {k} {v}" for k, v in got.items() if k not in expected]
   problems += [f"{k}: shape {got[k]}, expected {v}" for k, v in expected.items()
                if k in got and got[k] != v]
+  dtypes = {"/".join(str(getattr(p, "key", p)) for p in path): str(x.dtype)
+            for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  problems += [f"{k}: dtype {d}, expected param_dtype {cfg.param_dtype}"
+               for k, d in dtypes.items() if d != cfg.param_dtype]
   if problems:
     raise ValueError(f"{what} do not match the model config: " + "; ".join(problems))

@@ -38,15 +38,8 @@ def scan_plan(cfg: ModelConfig) -> tuple[int, int]:
   """(number of scanned groups, index of the first unscanned layer)."""
   if not cfg.scan_layers:
     return 0, 0
-  p = cfg.scan_period
-  n_groups = cfg.n_layers // p
-  for i in range(n_groups * p):
-    if cfg.layer_types[i] != cfg.layer_types[i % p]:
-      raise ValueError(
-          f"ModelConfig.layer_types is not periodic with scan_period={p} (layer {i} is "
-          f"{cfg.layer_types[i]!r}, layer {i % p} is {cfg.layer_types[i % p]!r}); set "
-          "scan_layers=False or a scan_period that matches the pattern.")
-  return n_groups, n_groups * p
+  n_groups = cfg.n_layers // cfg.scan_period  # periodicity checked by ModelConfig
+  return n_groups, n_groups * cfg.scan_period
 
 
 def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelConfig):

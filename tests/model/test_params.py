@@ -47,7 +47,8 @@ def test_check_params_names_what_is_wrong():
   params = init_params(cfg, jax.random.key(0))
   params["layers"]["q"] = params["layers"]["q"][:, :, :2]
   del params["lm_head"]
-  with pytest.raises(ValueError, match=r"missing lm_head.*layers/q: shape"):
+  params["embed"] = params["embed"].astype("bfloat16")
+  with pytest.raises(ValueError, match=r"missing lm_head.*layers/q: shape.*embed: dtype bfloat16, expected param_dtype float32"):
     check_params(cfg, params)
 
 

@@ -1,0 +1,126 @@
+"""Forward and forward+backward throughput of our jitted model vs HF transformers
+(torch) on the same config and weights, printed side by side with the ratio.
+
+    python -m benchmarks.forward_vs_hf                      # CPU, tiny + small
+    python -m benchmarks.forward_vs_hf --configs=small --seq=1024 --batch=2
+    python -m benchmarks.forward_vs_hf --torch_device=cuda --configs=cwm_1b --dtype=bfloat16
+
+Absolute numbers on shared CPUs are noise; the ratio (same process, same
+weights, same tokens) is what to read. torch/transformers are benchmark-only
+references here, as in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cwm_jax.convert import load_hf
+from cwm_jax.model import transformer
+
+# name -> HF CwmConfig kwargs (window shorter than the longer benchmark sequences).
+CONFIGS = {
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16),
+    "small": dict(vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=8,
+                  num_attention_heads=8, num_key_value_heads=2, head_dim=32, sliding_window=128),
+    "cwm_1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=64, sliding_window=8192),
+}
+
+
+def _median_seconds(fn, repeats):
+  fn()  # warm-up (compilation / allocator)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def bench_config(name, seq, batch, repeats, torch_device, dtype):
+  import torch
+  from transformers import CwmConfig, CwmForCausalLM
+
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  hf_cfg = CwmConfig(**CONFIGS[name], max_position_embeddings=max(seq, 8192),
+                     rope_parameters={"rope_theta": 1e6, "rope_type": "default"})
+  torch.manual_seed(0)
+  hf = CwmForCausalLM(hf_cfg).to(torch_dtype)
+  with tempfile.TemporaryDirectory() as d:
+    hf.save_pretrained(d)
+    cfg, model = load_hf(d)
+  hf = hf.to(torch_device)
+  cfg = cfg.replace(dtype=dtype, param_dtype=dtype, scan_layers=cfg.scan_layers)
+  params = jax.tree.map(lambda a: a.astype(dtype), model.params())
+
+  tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, seq))
+  tok_j = jnp.asarray(tokens)
+  tok_t = torch.tensor(tokens, device=torch_device)
+
+  fwd = jax.jit(lambda p, t: transformer.forward(p, t, cfg))
+
+  def ce(p, t):
+    logits = transformer.forward(p, t[:, :-1], cfg)
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, t[:, 1:, None], axis=-1))
+
+  grad = jax.jit(jax.value_and_grad(ce))
+
+  def sync():
+    if torch_device == "cuda":
+      torch.cuda.synchronize()
+
+  def hf_fwd():
+    with torch.no_grad():
+      hf(tok_t).logits
+    sync()
+
+  def hf_grad():
+    hf.zero_grad(set_to_none=True)
+    logits = hf(tok_t[:, :-1]).logits.float()
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                      tok_t[:, 1:].reshape(-1)).backward()
+    sync()
+
+  rows = []
+  n_tokens = batch * seq
+  for mode, ours, theirs in (
+      ("forward", lambda: fwd(params, tok_j).block_until_ready(), hf_fwd),
+      ("fwd+bwd", lambda: jax.block_until_ready(grad(params, tok_j)), hf_grad)):
+    t_ours = _median_seconds(ours, repeats)
+    t_hf = _median_seconds(theirs, repeats)
+    rows.append((name, seq, batch, mode, n_tokens / t_ours, n_tokens / t_hf, t_hf / t_ours))
+  return rows
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--configs", default="tiny,small")
+  ap.add_argument("--seq", default="256,1024", help="comma-separated sequence lengths")
+  ap.add_argument("--batch", type=int, default=1)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  ap.add_argument("--torch_device", default="cpu")
+  args = ap.parse_args()
+
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch device {args.torch_device}; "
+        f"dtype {args.dtype}; median of {args.repeats}")
+  header = f"{'config':8} {'seq':>6} {'batch':>5} {'mode':8} {'ours tok/s':>12} {'HF tok/s':>12} {'ours/HF':>8}"
+  print(header)
+  print("-" * len(header))
+  for name in args.configs.split(","):
+    for seq in (int(s) for s in args.seq.split(",")):
+      for r in bench_config(name, seq, args.batch, args.repeats, args.torch_device, args.dtype):
+        print(f"{r[0]:8} {r[1]:>6} {r[2]:>5} {r[3]:8} {r[4]:>12.0f} {r[5]:>12.0f} {r[6]:>8.2f}")
+
+
+if __name__ == "__main__":
+  main()
