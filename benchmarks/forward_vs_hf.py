@@ -45,7 +45,7 @@ def _median_seconds(fn, repeats):
   return statistics.median(times)
 
 
-def bench_config(name, seq, batch, repeats, torch_device, dtype):
+def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
   import torch
   from transformers import CwmConfig, CwmForCausalLM
 
@@ -58,7 +58,7 @@ def bench_config(name, seq, batch, repeats, torch_device, dtype):
     hf.save_pretrained(d)
     cfg, model = load_hf(d)
   hf = hf.to(torch_device)
-  cfg = cfg.replace(dtype=dtype, param_dtype=dtype, scan_layers=cfg.scan_layers)
+  cfg = cfg.replace(dtype=dtype, param_dtype=dtype, attention_impl=impl)
   params = jax.tree.map(lambda a: a.astype(dtype), model.params())
 
   tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, seq))
@@ -109,16 +109,18 @@ def main():
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--torch_device", default="cpu")
+  ap.add_argument("--attention_impl", default="auto", help="our attention backend (auto, reference, chunked, ...)")
   args = ap.parse_args()
 
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch device {args.torch_device}; "
-        f"dtype {args.dtype}; median of {args.repeats}")
+        f"dtype {args.dtype}; attention {args.attention_impl}; median of {args.repeats}")
   header = f"{'config':8} {'seq':>6} {'batch':>5} {'mode':8} {'ours tok/s':>12} {'HF tok/s':>12} {'ours/HF':>8}"
   print(header)
   print("-" * len(header))
   for name in args.configs.split(","):
     for seq in (int(s) for s in args.seq.split(",")):
-      for r in bench_config(name, seq, args.batch, args.repeats, args.torch_device, args.dtype):
+      for r in bench_config(name, seq, args.batch, args.repeats, args.torch_device, args.dtype,
+                            args.attention_impl):
         print(f"{r[0]:8} {r[1]:>6} {r[2]:>5} {r[3]:8} {r[4]:>12.0f} {r[5]:>12.0f} {r[6]:>8.2f}")
 
 
