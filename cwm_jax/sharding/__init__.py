@@ -1,0 +1,4 @@
+"""Device mesh, the logical-axis rules table and sharding helpers."""
+
+from cwm_jax.sharding.mesh import MESH_AXES, MeshConfig, make_mesh
+from cwm_jax.sharding.rules import LOGICAL_RULES, constrain, logical_to_spec, named_sharding, tree_shardings
