@@ -1,4 +1,10 @@
-"""The pieces of one decoder layer as pure functions of arrays."""
+"""The pieces of one decoder layer as pure functions of arrays.
+
+Activations are pinned to logical axes with `constrain` (a no-op without a
+mesh), so XLA's sharding propagation gives FSDP + tensor parallelism: the
+residual stream is split over batch and length only, heads and the MLP
+hidden over the tensor axis.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ import jax.numpy as jnp
 from cwm_jax.model.attention import Mask, attention
 from cwm_jax.model.config import GLOBAL, ModelConfig
 from cwm_jax.model.rope import apply_rope
+from cwm_jax.sharding.rules import constrain
+
+X_AXES = ("batch", "length", "act_embed")          # residual stream [B, T, D]
+Q_AXES = ("batch", "length", "act_heads", None)     # [B, T, N, H]
+KV_AXES = ("batch", "length", "act_kv_heads", None)  # [B, T, K, H]
+MLP_AXES = ("batch", "length", "act_mlp")           # [B, T, F]
 
 
 def rms_norm(x_BTD, weight_D, eps: float):
@@ -19,20 +31,21 @@ def rms_norm(x_BTD, weight_D, eps: float):
 
 
 def swiglu_mlp(x_BTD, gate_DF, up_DF, down_FD):
-  gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, gate_DF)
-  up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, up_DF)
-  return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, down_FD)
+  gate_BTF = constrain(jnp.einsum("BTD,DF->BTF", x_BTD, gate_DF), MLP_AXES)
+  up_BTF = constrain(jnp.einsum("BTD,DF->BTF", x_BTD, up_DF), MLP_AXES)
+  return constrain(jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, down_FD), X_AXES)
 
 
 def self_attention(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig):
-  q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, lp["q"])
-  k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["k"])
-  v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["v"])
+  q_BTNH = constrain(jnp.einsum("BTD,DNH->BTNH", x_BTD, lp["q"]), Q_AXES)
+  k_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["k"]), KV_AXES)
+  v_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["v"]), KV_AXES)
   q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
   k_BTKH = apply_rope(k_BTKH, cos_BTH, sin_BTH)
   out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=cfg.attention_impl,
                        chunk=cfg.attention_chunk)
-  return jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"])
+  out_BTNH = constrain(out_BTNH, Q_AXES)
+  return constrain(jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES)
 
 
 def layer_mask(layer_type: str, segment_ids_BT, cfg: ModelConfig) -> Mask:
@@ -43,6 +56,7 @@ def layer_mask(layer_type: str, segment_ids_BT, cfg: ModelConfig) -> Mask:
 
 def decoder_layer(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig):
   """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+  x_BTD = constrain(x_BTD, X_AXES)
   h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
   x_BTD = x_BTD + self_attention(lp, h_BTD, cos_BTH, sin_BTH, mask, cfg)
   h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)

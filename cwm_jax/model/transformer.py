@@ -3,18 +3,18 @@
 Layers are applied in groups of `scan_period` (CWM: 1 global + 3 local) with
 `jax.lax.scan`, so compile time does not grow with depth; layers past the last
 whole group run unscanned. `remat` wraps each group in `jax.checkpoint`.
+Activations carry logical sharding constraints (see `layers.py`).
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from cwm_jax.model.config import ModelConfig
-from cwm_jax.model.layers import decoder_layer, layer_mask, rms_norm
+from cwm_jax.model.layers import X_AXES, decoder_layer, layer_mask, rms_norm
 from cwm_jax.model.rope import inverse_frequencies, rope_cos_sin
+from cwm_jax.sharding.rules import constrain
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole group in the backward pass
@@ -83,14 +83,20 @@ def hidden_states(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
                     else jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape))
   inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
   cos_BTH, sin_BTH = rope_cos_sin(positions_BT, inv_freq)
-  x_BTD = jnp.take(p["embed"], tokens_BT, axis=0)
+  cos_BTH = constrain(cos_BTH, ("batch", "length", None))
+  sin_BTH = constrain(sin_BTH, ("batch", "length", None))
+  # Gather rows from a table split over vocab only (the FSDP all-gather of its
+  # model dim happens here): a table also split on D makes XLA replicate it.
+  embed_VD = constrain(p["embed"], ("vocab", None))
+  x_BTD = constrain(jnp.take(embed_VD, tokens_BT, axis=0), X_AXES)
   x_BTD = _apply_layers(p["layers"], x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg)
-  return rms_norm(x_BTD, p["final_norm"], cfg.rms_norm_eps)
+  return constrain(rms_norm(x_BTD, p["final_norm"], cfg.rms_norm_eps), X_AXES)
 
 
 def logits_from_hidden(params: dict, x_BTD, cfg: ModelConfig):
   head_DV = params["lm_head"].astype(jnp.dtype(cfg.dtype))
-  return jnp.einsum("BTD,DV->BTV", x_BTD, head_DV, preferred_element_type=jnp.float32)
+  logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV, preferred_element_type=jnp.float32)
+  return constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
 
 def forward(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
