@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from cwm_jax.model.attention import Mask, attention
+from cwm_jax.model.attention.context_parallel import context_parallel_attention
 from cwm_jax.model.config import GLOBAL, ModelConfig
 from cwm_jax.model.rope import apply_rope
-from cwm_jax.sharding.rules import constrain
+from cwm_jax.sharding.rules import ambient_axis_size, constrain
 
 X_AXES = ("batch", "length", "act_embed")          # residual stream [B, T, D]
 Q_AXES = ("batch", "length", "act_heads", None)     # [B, T, N, H]
@@ -42,8 +43,15 @@ def self_attention(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConf
   v_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["v"]), KV_AXES)
   q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
   k_BTKH = apply_rope(k_BTKH, cos_BTH, sin_BTH)
-  out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=cfg.attention_impl,
-                       chunk=cfg.attention_chunk)
+  if ambient_axis_size("length") > 1:
+    # Sequence sharded over the context axis: shard_map attention that gathers
+    # K/V (global layers) or only a window-sized halo (local layers).
+    impl = "chunked" if cfg.attention_impl == "auto" else cfg.attention_impl
+    out_BTNH = context_parallel_attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=impl,
+                                          chunk=cfg.attention_chunk, load_balance="none")
+  else:
+    out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=cfg.attention_impl,
+                         chunk=cfg.attention_chunk)
   out_BTNH = constrain(out_BTNH, Q_AXES)
   return constrain(jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES)
 

@@ -2,7 +2,7 @@
 
 Layers are applied in groups of `scan_period` (CWM: 1 global + 3 local) with
 `jax.lax.scan`, so compile time does not grow with depth; layers past the last
-whole group run unscanned. `remat` wraps each group in `jax.checkpoint`.
+whole group run unscanned. `remat` wraps each layer in `jax.checkpoint`.
 Activations carry logical sharding constraints (see `layers.py`).
 """
 
@@ -17,7 +17,7 @@ from cwm_jax.model.rope import inverse_frequencies, rope_cos_sin
 from cwm_jax.sharding.rules import constrain
 
 REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole group in the backward pass
+    "full": None,  # save only each layer's input; recompute the layer in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -45,31 +45,32 @@ def scan_plan(cfg: ModelConfig) -> tuple[int, int]:
 def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelConfig):
   n_groups, tail_start = scan_plan(cfg)
   p = cfg.scan_period
-
-  if n_groups:
-    def group(x_BTD, gp):
-      for j in range(p):
-        lp = jax.tree.map(lambda a: a[j], gp)
-        mask = layer_mask(cfg.layer_types[j], segment_ids_BT, cfg)
-        x_BTD = decoder_layer(lp, x_BTD, cos_BTH, sin_BTH, mask, cfg)
-      return x_BTD, None
-
-    if cfg.remat != "none":
-      group = jax.checkpoint(group, policy=REMAT_POLICIES[cfg.remat])
-    grouped = jax.tree.map(
-        lambda a: a[:tail_start].reshape(n_groups, p, *a.shape[1:]), layers)
-    x_BTD, _ = jax.lax.scan(group, x_BTD, grouped)
+  dtype = jnp.dtype(cfg.dtype)
 
   def one_layer(lp, x_BTD, layer_type):
+    # Cast one layer's weights at a time: no compute-dtype copy of the whole stack.
+    lp = jax.tree.map(lambda a: a.astype(dtype), lp)
     return decoder_layer(lp, x_BTD, cos_BTH, sin_BTH,
                          layer_mask(layer_type, segment_ids_BT, cfg), cfg)
 
   if cfg.remat != "none":
+    # Per layer, not per group: the backward pass then holds one layer's
+    # intermediates at a time instead of a whole group's.
     one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[cfg.remat],
                                static_argnums=(2,))
+
+  if n_groups:
+    def group(x_BTD, gp):
+      for j in range(p):
+        x_BTD = one_layer(jax.tree.map(lambda a: a[j], gp), x_BTD, cfg.layer_types[j])
+      return x_BTD, None
+
+    grouped = jax.tree.map(
+        lambda a: a[:tail_start].reshape(n_groups, p, *a.shape[1:]), layers)
+    x_BTD, _ = jax.lax.scan(group, x_BTD, grouped)
+
   for i in range(tail_start, cfg.n_layers):
-    lp = jax.tree.map(lambda a: a[i], layers)
-    x_BTD = one_layer(lp, x_BTD, cfg.layer_types[i])
+    x_BTD = one_layer(jax.tree.map(lambda a: a[i], layers), x_BTD, cfg.layer_types[i])
   return x_BTD
 
 
@@ -77,7 +78,6 @@ def hidden_states(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
                   segment_ids_BT=None):
   """Final-normed hidden states [B, T, D] in the compute dtype."""
   dtype = jnp.dtype(cfg.dtype)
-  p = jax.tree.map(lambda a: a.astype(dtype), params)
   if positions_BT is None:
     positions_BT = (positions_from_segments(segment_ids_BT) if segment_ids_BT is not None
                     else jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape))
@@ -87,10 +87,11 @@ def hidden_states(params: dict, tokens_BT, cfg: ModelConfig, positions_BT=None,
   sin_BTH = constrain(sin_BTH, ("batch", "length", None))
   # Gather rows from a table split over vocab only (the FSDP all-gather of its
   # model dim happens here): a table also split on D makes XLA replicate it.
-  embed_VD = constrain(p["embed"], ("vocab", None))
-  x_BTD = constrain(jnp.take(embed_VD, tokens_BT, axis=0), X_AXES)
-  x_BTD = _apply_layers(p["layers"], x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg)
-  return constrain(rms_norm(x_BTD, p["final_norm"], cfg.rms_norm_eps), X_AXES)
+  embed_VD = constrain(params["embed"], ("vocab", None))
+  x_BTD = constrain(jnp.take(embed_VD, tokens_BT, axis=0).astype(dtype), X_AXES)
+  x_BTD = _apply_layers(params["layers"], x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg)
+  final_norm_D = params["final_norm"].astype(dtype)
+  return constrain(rms_norm(x_BTD, final_norm_D, cfg.rms_norm_eps), X_AXES)
 
 
 def logits_from_hidden(params: dict, x_BTD, cfg: ModelConfig):

@@ -41,23 +41,24 @@ JAX's `saved_residuals` in tests/sharding/test_plan.py):
                                               residuals, gate*up
   S_dots  = b t ((n + 2k) H + D + 2f) c       dot outputs q, k, v, o, gate, up
             (reference adds its f32 scores b n t s 4 and p.v output b t n H 4)
-Layers run in scanned groups of p = scan_period (G groups; remat wraps a group):
-  saved    none: L S_layer;  full: G b t D c (group inputs);  dots: G b t D c + L S_dots
+Layers run in scanned groups of p = scan_period; remat wraps each layer:
+  saved    none: L S_layer;  full: L b t D c (layer inputs);  dots: L b t D c + L S_dots
   working  max(W_loss, W_group) with
            W_loss  = 3 b (C / context) v 4 + b t D (2c + 4)   three f32 logits-sized
                      buffers of one loss chunk (C = T / ceil(T / loss_chunk)), the
                      final hidden state and its gradient
            W_group = R + 3 b t f c + 3 b t D 4 + b t H (n + 2k) 4
-                     the recomputed group R (full: p S_layer, dots: p (S_layer -
-                     S_dots), none: 0), plus one layer's backward: MLP gradients,
+                     the recomputed layer R (full: S_layer, dots: S_layer -
+                     S_dots, none: 0), plus one layer's backward: MLP gradients,
                      f32 residual gradients, f32 dq/dk/dv accumulators
   constant 2 b t H 4 (f32 RoPE tables) + 4 b t 4 (targets, weights, positions)
 Other temporaries
   gradients   f32 accumulator (param-sized) + compute-dtype gradients of the
               stacked layer weights when compute != param dtype + a param-dtype
               micro-batch gradient when accum_steps > 1
-  copies      params cast to the compute dtype (if different) + FSDP all-gather of
-              one scan group's weights (fsdp > 1), twice (forward and backward)
+  copies      one layer's weights cast to the compute dtype (if different; the
+              cast is per layer) + FSDP all-gather of one scan group's weights
+              (fsdp > 1), twice (forward and backward)
   update      one f32 param-sized buffer for the clipped update
 
 What XLA counts (`compiled.memory_analysis()`): argument_size = params + opt
@@ -232,7 +233,7 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, mesh_shape: dict, accum_step
   D, H, L, W = cfg.d_model, cfg.head_dim, cfg.n_layers, cfg.window
   p = cfg.scan_period if cfg.scan_layers else 1
   n_groups, tail = (L // p, L % p) if cfg.scan_layers else (0, L)
-  saves = n_groups + tail                # residual-stream inputs saved under remat
+  saves = L                              # layer inputs saved under (per-layer) remat
   c, pb = _bytes(cfg.dtype), _bytes(cfg.param_dtype)
   bt = b * t
   ctx = mesh.shape["context"]
@@ -264,15 +265,14 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, mesh_shape: dict, accum_step
 
   per_layer = [s_layer(lt) for lt in cfg.layer_types]
   per_layer_dots = [s_dots(lt) for lt in cfg.layer_types]
-  group = max(sum(per_layer[i:i + p]) for i in range(0, L, p))
-  group_dots = max(sum(per_layer_dots[i:i + p]) for i in range(0, L, p))
   stream = bt * D * c
   if cfg.remat == "none":
     saved, recompute = sum(per_layer), 0
   elif cfg.remat == "full":
-    saved, recompute = saves * stream, group
+    saved, recompute = saves * stream, max(per_layer)
   else:  # dots, dots_no_batch
-    saved, recompute = saves * stream + sum(per_layer_dots), group - group_dots
+    saved, recompute = (saves * stream + sum(per_layer_dots),
+                        max(a - d for a, d in zip(per_layer, per_layer_dots)))
   n_chunks = -(-seq // loss_chunk)
   C = -(-seq // n_chunks)
   c_loc = local_shape((b, C), ("batch", "length"), mesh, rules)[1]
@@ -288,7 +288,7 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, mesh_shape: dict, accum_step
   if accum_steps > 1:
     grads += p_elems * pb
   terms["gradients"] = grads
-  copies = p_elems * c if c != pb else 0
+  copies = layer_param_elements(cfg) // mesh.shape["tensor"] * c if c != pb else 0
   if mesh.shape["fsdp"] > 1:
     gathered = layer_param_elements(cfg) * p // (mesh.shape["tensor"])
     copies += 2 * gathered * c

@@ -71,3 +71,17 @@ def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
   if mesh is None or mesh.empty:
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh))
+
+
+def ambient_axis_size(logical: str) -> int:
+  """How many shards the current mesh splits logical axis `logical` into (1
+  without a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return 1
+  spec = logical_to_spec((logical,), mesh)[0]
+  names = () if spec is None else (spec,) if isinstance(spec, str) else spec
+  size = 1
+  for name in names:
+    size *= mesh.shape[name]
+  return size
