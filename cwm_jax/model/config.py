@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from cwm_jax.model.attention import IMPLS as ATTENTION_IMPLS
+
 GLOBAL = "global"
 LOCAL = "local"
 LAYER_TYPES = (GLOBAL, LOCAL)
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLS = ("auto", "reference", "chunked")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

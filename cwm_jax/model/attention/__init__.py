@@ -2,33 +2,105 @@
 
     out_BTNH = attention(q_BTNH, k_BSKH, v_BSKH, mask, impl="auto")
 
-Backends: "reference" (einsum, materialises scores; the test oracle) and
-"chunked" (online-softmax over key chunks in plain JAX, memory O(T * chunk),
-skips key chunks entirely outside the causal/window band). Accelerator kernels
-register themselves in `BACKENDS` under their own names.
+Backends (`BACKENDS`), each declaring where it runs and which masks it serves:
+  reference   einsum, materialises [T, S] scores; the test oracle; anywhere
+  chunked     online softmax over key chunks in plain JAX, skips out-of-band
+              chunks; every mask; anywhere
+  splash      TPU splash kernel: causal, window, segment ids, GQA; static
+              q_offset; T, S multiples of 128
+  cudnn       cuDNN flash attention: causal, causal window, GQA; no segment ids,
+              q_offset 0, bf16/fp16 only
+  pallas_gpu  our Pallas/Triton flash kernel: causal, window, segment ids, GQA,
+              static q_offset; any float dtype
+
+`impl="auto"` (`choose_impl`, a pure function of platform, mask, dtype and shapes):
+  TPU: splash; GPU: cudnn, else pallas_gpu; then (any platform) the reference
+  while T * S <= 512 * 512, else chunked. (cuDNN first: on an H200 it ran
+  forward+backward about 1.4x faster than pallas_gpu where both serve;
+  `benchmarks/gpu_attention_check.py` measures all of them.)
+An explicit `impl` that cannot serve the call raises a ValueError naming the
+backend and the unsupported feature.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 
+from cwm_jax.model.attention import cudnn, pallas_gpu, splash
 from cwm_jax.model.attention.chunked import chunked_attention
 from cwm_jax.model.attention.mask import Mask, self_attention_mask
 from cwm_jax.model.attention.reference import reference_attention
 
-BACKENDS: dict[str, Callable] = {
-    "reference": lambda q, k, v, mask, scale, chunk: reference_attention(q, k, v, mask, scale=scale),
-    "chunked": lambda q, k, v, mask, scale, chunk: chunked_attention(
-        q, k, v, mask, chunk_size=chunk, scale=scale),
+SMALL_SCORES = 512 * 512  # T * S up to which 'auto' materialises scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  """An attention implementation and what it can serve.
+
+  fn(q, k, v, mask, scale, chunk) -> out. `check(mask, dtype, q_shape, k_shape)`
+  returns why it cannot serve a call (a phrase completing "does not support ..."),
+  or None; `platforms` lists where it runs (None: anywhere).
+  """
+  fn: Callable
+  platforms: Optional[tuple[str, ...]] = None
+  check: Callable[..., Optional[str]] = lambda mask, dtype, q_shape, k_shape: None
+
+  def supports(self, mask: Mask, dtype, platform: str, q_shape, k_shape) -> Optional[str]:
+    """None if this backend serves the call, else the reason it cannot."""
+    if self.platforms is not None and platform not in self.platforms:
+      return f"platform {platform!r} (runs on {', '.join(self.platforms)})"
+    return self.check(mask, dtype, q_shape, k_shape)
+
+
+BACKENDS: dict[str, Backend] = {
+    "reference": Backend(
+        lambda q, k, v, mask, scale, chunk: reference_attention(q, k, v, mask, scale=scale)),
+    "chunked": Backend(
+        lambda q, k, v, mask, scale, chunk: chunked_attention(
+            q, k, v, mask, chunk_size=chunk, scale=scale)),
+    "splash": Backend(
+        lambda q, k, v, mask, scale, chunk: splash.splash_attention(q, k, v, mask, scale=scale),
+        platforms=("tpu",),
+        check=lambda mask, dtype, q_shape, k_shape: splash.unsupported(mask, q_shape[1], k_shape[1])),
+    "cudnn": Backend(
+        lambda q, k, v, mask, scale, chunk: cudnn.cudnn_attention(q, k, v, mask, scale=scale),
+        platforms=("gpu",),
+        check=lambda mask, dtype, q_shape, k_shape: cudnn.unsupported(mask, dtype, q_shape[3])),
+    "pallas_gpu": Backend(
+        lambda q, k, v, mask, scale, chunk: pallas_gpu.pallas_gpu_attention(
+            q, k, v, mask, scale=scale),
+        platforms=("gpu",),
+        check=lambda mask, dtype, q_shape, k_shape: pallas_gpu.unsupported(mask)),
 }
 
+# Kernels 'auto' tries first, in order, per platform.
+PREFERRED: dict[str, tuple[str, ...]] = {"tpu": ("splash",), "gpu": ("cudnn", "pallas_gpu")}
 
-def choose_impl(T: int, S: int, chunk: int) -> str:
-  """'auto': the einsum path while [T, S] scores are small, else the chunked kernel."""
-  del chunk
-  return "reference" if T * S <= 512 * 512 else "chunked"
+
+def choose_impl(platform: str, mask: Mask, dtype, q_shape, k_shape) -> str:
+  """'auto': the platform's first kernel that serves the call, else the einsum
+  path while the [T, S] scores are small, else the chunked kernel."""
+  for name in PREFERRED.get(platform, ()):
+    if BACKENDS[name].supports(mask, dtype, platform, q_shape, k_shape) is None:
+      return name
+  return "reference" if q_shape[1] * k_shape[1] <= SMALL_SCORES else "chunked"
+
+
+def platform_of(x) -> str:
+  """'cpu', 'gpu' or 'tpu': the device of a concrete array, else the default backend."""
+  platform = None
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    try:
+      platform = next(iter(x.devices())).platform
+    except (RuntimeError, ValueError, StopIteration):
+      platform = None
+  platform = platform or jax.default_backend()
+  return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
 
 
 def attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, impl: str = "auto",
@@ -39,13 +111,21 @@ def attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, impl: str = "auto",
     raise ValueError(
         f"attention: expected q [B,T,N,H], k=v [B,S,K,H] with N % K == 0; got "
         f"q {q_BTNH.shape}, k {k_BSKH.shape}, v {v_BSKH.shape}.")
-  S = k_BSKH.shape[1]
+  platform = platform_of(q_BTNH)
+  dtype = jnp.dtype(q_BTNH.dtype)
   if impl == "auto":
-    impl = choose_impl(T, S, chunk)
-  if impl not in BACKENDS:
+    impl = choose_impl(platform, mask, dtype, q_BTNH.shape, k_BSKH.shape)
+  elif impl not in BACKENDS:
     raise ValueError(f"attention: unknown impl {impl!r}; expected 'auto' or one of {sorted(BACKENDS)}.")
-  return BACKENDS[impl](q_BTNH, k_BSKH, v_BSKH, mask, scale, chunk)
+  else:
+    reason = BACKENDS[impl].supports(mask, dtype, platform, q_BTNH.shape, k_BSKH.shape)
+    if reason:
+      raise ValueError(f"attention: impl={impl!r} does not support {reason}; "
+                       f"use impl='auto' or another backend.")
+  return BACKENDS[impl].fn(q_BTNH, k_BSKH, v_BSKH, mask, scale, chunk)
 
+
+IMPLS = ("auto", *BACKENDS)  # every valid `impl` (for config validation)
 
 __all__ = ["Mask", "self_attention_mask", "attention", "reference_attention",
-           "chunked_attention", "BACKENDS"]
+           "chunked_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "platform_of"]
