@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 
 from cwm_jax.model import get_preset  # noqa: E402
 from cwm_jax.model.attention import Mask, choose_impl  # noqa: E402
-from cwm_jax.model.flops import FORMULA, flops_per_token, hardware_flops_per_token  # noqa: E402
+from cwm_jax.model.flops import (FORMULA, doc_lengths_from_segments, flops_per_token,  # noqa: E402
+                                 hardware_flops_per_token)
 from cwm_jax.model.params import count_params  # noqa: E402
 from cwm_jax.sharding import MeshConfig, batch_sharding, make_mesh  # noqa: E402
 from cwm_jax.sharding.plan import plan  # noqa: E402
@@ -84,6 +85,12 @@ def parse_mesh(text: str) -> MeshConfig:
     name, _, size = part.partition(":")
     sizes[name] = int(size)
   return MeshConfig(**{"data": 1, **sizes})
+
+
+def _mean_flops(counts):
+  """Field-wise mean of FlopCount tuples (one per packed row)."""
+  return type(counts[0])(matmul=float(np.mean([c.matmul for c in counts])),
+                         attention=float(np.mean([c.attention for c in counts])))
 
 
 def synthetic_batch(cfg, batch, seq, packed, seed=0):
@@ -151,8 +158,11 @@ def main(argv=None):
   elapsed = time.perf_counter() - t0
 
   tokens_per_s = args.batch * args.seq * args.steps / elapsed
-  f = flops_per_token(cfg, args.seq)
-  hw = hardware_flops_per_token(cfg, args.seq, cfg.remat)
+  # Packed rows: attention FLOPs count only pairs within a document (row average).
+  docs_per_row = ([doc_lengths_from_segments(r) for r in host_batch["segment_ids"]]
+                  if args.packed else [None])
+  f = _mean_flops([flops_per_token(cfg, args.seq, d) for d in docs_per_row])
+  hw = float(np.mean([hardware_flops_per_token(cfg, args.seq, cfg.remat, d) for d in docs_per_row]))
   peak = peak_flops_per_device(device, args.peak_tflops)
   result = {
       "model": args.model, "params": count_params(cfg), "seq": args.seq, "batch": args.batch,
