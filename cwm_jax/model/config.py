@@ -15,6 +15,7 @@ GLOBAL = "global"
 LOCAL = "local"
 LAYER_TYPES = (GLOBAL, LOCAL)
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_SCOPES = ("layer", "group")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -56,6 +57,10 @@ class ModelConfig:
   scan_layers: bool = True
   scan_period: int = 4
   remat: str = "none"
+  # "layer": checkpoint each layer (saves every layer's input, recomputes one
+  # layer at a time); "group": checkpoint each scanned group of `scan_period`
+  # layers (saves 1/scan_period of the inputs, recomputes a whole group).
+  remat_scope: str = "layer"
   attention_impl: str = "auto"
   attention_chunk: int = 512
 
@@ -96,6 +101,8 @@ class ModelConfig:
         bad(name, getattr(self, name), f"one of {DTYPES}")
     if self.remat not in REMAT_POLICIES:
       bad("remat", self.remat, f"one of {REMAT_POLICIES}")
+    if self.remat_scope not in REMAT_SCOPES:
+      bad("remat_scope", self.remat_scope, f"one of {REMAT_SCOPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
     if self.scan_layers:

@@ -2,11 +2,14 @@
 
 Layers are applied in groups of `scan_period` (CWM: 1 global + 3 local) with
 `jax.lax.scan`, so compile time does not grow with depth; layers past the last
-whole group run unscanned. `remat` wraps each layer in `jax.checkpoint`.
+whole group run unscanned. `remat` wraps each layer (or each group, by
+`remat_scope`) in `jax.checkpoint`.
 Activations carry logical sharding constraints (see `layers.py`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,7 @@ from cwm_jax.model.rope import inverse_frequencies, rope_cos_sin
 from cwm_jax.sharding.rules import constrain
 
 REMAT_POLICIES = {
-    "full": None,  # save only each layer's input; recompute the layer in the backward pass
+    "full": None,  # save only the checkpointed unit's input; recompute it in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -53,17 +56,23 @@ def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelCon
     return decoder_layer(lp, x_BTD, cos_BTH, sin_BTH,
                          layer_mask(layer_type, segment_ids_BT, cfg), cfg)
 
+  remat = functools.partial(jax.checkpoint, policy=REMAT_POLICIES.get(cfg.remat))
+  layer_fn = one_layer
   if cfg.remat != "none":
-    # Per layer, not per group: the backward pass then holds one layer's
-    # intermediates at a time instead of a whole group's.
-    one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[cfg.remat],
-                               static_argnums=(2,))
+    # Tail layers are always checkpointed one by one; scanned layers per layer
+    # or per group (`remat_scope`: saved inputs vs backward working set).
+    one_layer = remat(one_layer, static_argnums=(2,))
+    if cfg.remat_scope == "layer":
+      layer_fn = one_layer
 
   if n_groups:
     def group(x_BTD, gp):
       for j in range(p):
-        x_BTD = one_layer(jax.tree.map(lambda a: a[j], gp), x_BTD, cfg.layer_types[j])
+        x_BTD = layer_fn(jax.tree.map(lambda a: a[j], gp), x_BTD, cfg.layer_types[j])
       return x_BTD, None
+
+    if cfg.remat != "none" and cfg.remat_scope == "group":
+      group = remat(group)
 
     grouped = jax.tree.map(
         lambda a: a[:tail_start].reshape(n_groups, p, *a.shape[1:]), layers)

@@ -41,15 +41,16 @@ JAX's `saved_residuals` in tests/sharding/test_plan.py):
                                               residuals, gate*up
   S_dots  = b t ((n + 2k) H + D + 2f) c       dot outputs q, k, v, o, gate, up
             (reference adds its f32 scores b n t s 4 and p.v output b t n H 4)
-Layers run in scanned groups of p = scan_period; remat wraps each layer:
-  saved    none: L S_layer;  full: L b t D c (layer inputs);  dots: L b t D c + L S_dots
+Layers run in scanned groups of p = scan_period; remat wraps each layer (U = L units)
+or, with remat_scope="group", each group (U = G + tail units):
+  saved    none: L S_layer;  full: U b t D c (unit inputs);  dots: U b t D c + L S_dots
   working  max(W_loss, W_group) with
            W_loss  = 3 b (C / context) v 4 + b t D (2c + 4)   three f32 logits-sized
                      buffers of one loss chunk (C = T / ceil(T / loss_chunk)), the
                      final hidden state and its gradient
            W_group = R + 3 b t f c + 3 b t D 4 + b t H (n + 2k) 4
-                     the recomputed layer R (full: S_layer, dots: S_layer -
-                     S_dots, none: 0), plus one layer's backward: MLP gradients,
+                     the recomputed unit R (full: its S_layer sum, dots: minus
+                     its S_dots, none: 0), plus one layer's backward: MLP gradients,
                      f32 residual gradients, f32 dq/dk/dv accumulators
   constant 2 b t H 4 (f32 RoPE tables) + 4 b t 4 (targets, weights, positions)
 Other temporaries
@@ -233,7 +234,8 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, mesh_shape: dict, accum_step
   D, H, L, W = cfg.d_model, cfg.head_dim, cfg.n_layers, cfg.window
   p = cfg.scan_period if cfg.scan_layers else 1
   n_groups, tail = (L // p, L % p) if cfg.scan_layers else (0, L)
-  saves = L                              # layer inputs saved under (per-layer) remat
+  per_group = cfg.remat_scope == "group" and cfg.scan_layers
+  saves = n_groups + tail if per_group else L   # checkpointed units' inputs saved under remat
   c, pb = _bytes(cfg.dtype), _bytes(cfg.param_dtype)
   bt = b * t
   ctx = mesh.shape["context"]
@@ -266,13 +268,17 @@ def plan(cfg: ModelConfig, *, batch: int, seq: int, mesh_shape: dict, accum_step
   per_layer = [s_layer(lt) for lt in cfg.layer_types]
   per_layer_dots = [s_dots(lt) for lt in cfg.layer_types]
   stream = bt * D * c
+  # The unit recomputed in the backward pass: one layer, or one scanned group.
+  span = p if per_group else 1
+  units = [sum(per_layer[i:i + span]) for i in range(0, L, span)]
+  units_dots = [sum(per_layer_dots[i:i + span]) for i in range(0, L, span)]
   if cfg.remat == "none":
     saved, recompute = sum(per_layer), 0
   elif cfg.remat == "full":
-    saved, recompute = saves * stream, max(per_layer)
+    saved, recompute = saves * stream, max(units)
   else:  # dots, dots_no_batch
     saved, recompute = (saves * stream + sum(per_layer_dots),
-                        max(a - d for a, d in zip(per_layer, per_layer_dots)))
+                        max(a - d for a, d in zip(units, units_dots)))
   n_chunks = -(-seq // loss_chunk)
   C = -(-seq // n_chunks)
   c_loc = local_shape((b, C), ("batch", "length"), mesh, rules)[1]
@@ -383,6 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("--mesh", default="fsdp:8", help="e.g. data:1,fsdp:8,tensor:8,context:16")
   ap.add_argument("--device_memory_gb", type=float, default=None)
   ap.add_argument("--remat", default="full", choices=["none", "full", "dots", "dots_no_batch"])
+  ap.add_argument("--remat_scope", default="layer", choices=["layer", "group"])
   ap.add_argument("--param_dtype", default="float32")
   ap.add_argument("--compute_dtype", default="bfloat16")
   ap.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
@@ -396,7 +403,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   ap.add_argument("--mfu", type=float, default=0.5, help="assumed MFU for the step time")
   args = ap.parse_args(argv)
   try:
-    cfg = get_preset(args.model, remat=args.remat, param_dtype=args.param_dtype, dtype=args.compute_dtype)
+    cfg = get_preset(args.model, remat=args.remat, remat_scope=args.remat_scope,
+                     param_dtype=args.param_dtype, dtype=args.compute_dtype)
     pl = plan(cfg, batch=args.batch, seq=args.seq, mesh_shape=parse_mesh(args.mesh),
               accum_steps=args.accum_steps, loss_chunk=args.loss_chunk, optimizer=args.optimizer,
               mu_dtype=args.mu_dtype, master_weights=args.master_weights, attention=args.attention,

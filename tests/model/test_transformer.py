@@ -37,6 +37,7 @@ def test_positions_restart_per_document():
     dict(scan_layers=True, scan_period=4),                 # 1 group of 4 + 2 unscanned layers
     dict(scan_layers=True, scan_period=2, layer_types=("global", "local") * 3),
     dict(scan_layers=True, scan_period=4, remat="full"),
+    dict(scan_layers=True, scan_period=4, remat="full", remat_scope="group"),
     dict(scan_layers=True, scan_period=4, remat="dots"),
     dict(scan_layers=False, remat="dots_no_batch"),
 ])

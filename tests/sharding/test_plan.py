@@ -102,6 +102,8 @@ CASES = {
     # name: (preset, overrides, mesh, batch, seq, loss_chunk, accum_steps)
     "tiny-1dev-none": ("tiny", dict(remat="none"), dict(data=1), 8, 256, 1024, 1),
     "small-dp4x2-full": ("cwm_150m", dict(SMALL, remat="full"), dict(data=2, fsdp=4), 8, 512, 128, 1),
+    "small-dp4x2-full-group": ("cwm_150m", dict(SMALL, remat="full", remat_scope="group"),
+                               dict(data=2, fsdp=4), 8, 512, 128, 1),
     "small-bf16-fsdp4-tp2-dots-accum2": (
         "cwm_150m", dict(SMALL, remat="dots", dtype="bfloat16"), dict(fsdp=4, tensor=2), 16, 256,
         128, 2),
