@@ -3,6 +3,8 @@ SandboxPool (`run_python`, `run_python_json`, `run_bash`)."""
 
 from __future__ import annotations
 
+import abc
+
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -46,13 +48,14 @@ def probe(config: SandboxConfig) -> None:
     _probed.add(config)
 
 
-class Executor:
+class Executor(abc.ABC):
   """The job methods; subclasses provide `config` and `run(job)`."""
 
   config: SandboxConfig
 
+  @abc.abstractmethod
   def run(self, job: Job) -> ExecResult:
-    raise NotImplementedError
+    """Runs one job and returns its result (never raises for the job's own failures)."""
 
   def run_python(self, code: str, *, stdin: str | bytes = "", timeout_s: float | None = None,
                  memory_mb: int | None = None, files: Mapping[str, str | bytes] | None = None,
