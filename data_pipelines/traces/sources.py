@@ -6,9 +6,11 @@
   entry function (`main`/`solve`/... called once at top level) is marked and its call
   removed; a flat script is wrapped into `def main():`. The program reads the given
   stdin; its stdout comes back with the trace.
-- Repository level (later): a request will also carry the repository files and a
-  stack-depth / step-into policy; the tracer's "is this frame traced" test is one
-  function of the filename, so that extension stays local to tracer_program.py.
+- Repository level: see data_pipelines/programs/repo_traces.py (`trace_repo`): a
+  repository's tests run under the tracer (`_RepoTracer` in tracer_program.py), which
+  cuts function-level traces with a maximum stack depth and a seeded step-in
+  probability; each cut's CONTEXT is the source of the files it touches, the traced
+  function's `def` line marked.
 """
 
 from __future__ import annotations

@@ -123,15 +123,26 @@ def _check_python(raw: dict) -> None:
 
 def _run_batch(requests: Sequence[TraceRequest], limits: TraceLimits,
                executor: executors.Executor) -> list[TraceResult]:
+  items = [{"context": r.context, "stdin": r.stdin} for r in requests]
+  raws = run_tracer_items(items, limits, executor)
+  return [_to_result(request, raw) for request, raw in zip(requests, raws)]
+
+
+def run_tracer_items(items: Sequence[dict], limits: TraceLimits, executor: executors.Executor,
+                     extra: dict | None = None) -> list[dict]:
+  """Runs tracer-program items in as few processes as possible; returns one raw result
+  dict per item (tracer_program.py's protocol). An item whose process died gets a dict
+  with only status/kind/reason, and the rest are retried in a fresh process. `extra`
+  adds request fields (e.g. "repo_files")."""
   program = tracer_source()
-  results: dict[int, TraceResult] = {}
-  pending = list(range(len(requests)))
+  results: dict[int, dict] = {}
+  pending = list(range(len(items)))
   while pending:
     payload = json.dumps({
-        "items": [{"context": requests[i].context, "stdin": requests[i].stdin} for i in pending],
+        "items": [items[i] for i in pending],
         "max_events": limits.max_events, "max_bytes": limits.max_bytes,
         "timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb,
-        "max_output_bytes": getattr(executor, "output_limit_bytes", None)})
+        "max_output_bytes": getattr(executor, "output_limit_bytes", None), **(extra or {})})
     out = executor(program, stdin=payload, timeout_s=len(pending) * (limits.timeout_s + 1) + 30,
                    memory_mb=limits.memory_mb + 512)
     done, stopped = 0, False
@@ -146,14 +157,14 @@ def _run_batch(requests: Sequence[TraceRequest], limits: TraceLimits,
         stopped = True
         break
       _check_python(raw)
-      results[pending[done]] = _to_result(requests[pending[done]], raw)
+      results[pending[done]] = raw
       done += 1
     if done == len(pending):
       break
     if stopped and done:
       pending = pending[done:]
       continue
-    # The process ended during request pending[done]: report it, retry the rest.
+    # The process ended during item pending[done]: report it, retry the rest.
     culprit = pending[done]
     if out.timed_out:
       status, kind, reason = "timeout", "timeout", "the tracer process timed out"
@@ -166,15 +177,16 @@ def _run_batch(requests: Sequence[TraceRequest], limits: TraceLimits,
       status, kind = "error", "process_died"
       reason = (f"the tracer process ended (exit code {out.exit_code}); stderr: "
                 f"{out.stderr.strip()[-500:]}")
+    failed = {"status": status, "kind": kind, "reason": reason}
     if kind == "process_died" and done == 0:
       # Items run in forked children, so a tracer that dies before its first result
       # failed to start (e.g. a broken executor): the same would happen to every retry.
       for i in pending:
-        results[i] = TraceResult(requests[i].id, status, kind, reason)
+        results[i] = dict(failed)
       break
-    results[culprit] = TraceResult(requests[culprit].id, status, kind, reason)
+    results[culprit] = failed
     pending = pending[done + 1:]
-  return [results[i] for i in range(len(requests))]
+  return [results[i] for i in range(len(items))]
 
 
 def trace_requests(requests: Sequence[TraceRequest], *, limits: TraceLimits = TraceLimits(),

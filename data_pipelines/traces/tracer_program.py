@@ -17,6 +17,14 @@ and writes one JSON line per item to stdout, in order, as each item finishes:
    "num_bytes": int, "exception": repr of an exception that left the entry or None,
    "stdout": str, "repr_fallbacks": int, "python": "3.11.7"}
 
+Repository mode (data_pipelines/programs/repo_traces.py): the request also has
+"repo_files": {relative path: text}, written once to a temporary directory, and each
+item is {"test": "path.py::name" or "path.py::Class::method", "sources": [relative paths
+whose functions are traced], "max_depth": int, "step_in_prob": float, "seed": str,
+"max_cuts": int}. The result has "cuts": [{"function": qualname, "file", "line": first
+line of its code, "status": "ok" | "too_long", "frames": [[event, file, lineno,
+payload], ...]}, ...] (see `_RepoTracer`), and "exception": what the test raised.
+
 `payload` is the LOCALS text of a call/line frame or the VALUE text of a
 return/exception frame, exactly as written in the trace text (so `".."` appears in
 LOCALS). When the next line would pass `max_output_bytes`, the program writes
@@ -404,6 +412,251 @@ def trace_item(context: str, stdin: str, max_events: int, max_bytes: int) -> dic
   return _result("ok", frames=tracer.frames, **extra)
 
 
+# ---------------------------------------------------------------- repository level
+
+
+class _RepoTracer:
+  """Cuts function-level traces out of a test run (FORMATS.md, repository-level traces).
+
+  A cut starts at a call of a function defined in one of `sources` (repository files,
+  not tests) made while no cut is open (not a generator or coroutine, whose frames
+  return at every yield), and ends when that invocation returns. Inside
+  it, a callee from `sources` at depth d (the cut's function is depth 0) is stepped
+  into when d <= max_depth and a seeded coin with probability `step_in_prob` says so;
+  otherwise it and everything it calls produce no frames (its work belongs to the
+  caller's line, like comprehensions under rule 6). Frames follow rules 1-5 and 7,
+  with the diff-encoding baseline over the frames the cut emits.
+  """
+
+  def __init__(self, sources: dict, max_depth: int, step_in_prob: float, seed: str,
+               max_events: int, max_cuts: int):
+    self.sources = sources  # co_filename -> repository-relative path
+    self.max_depth, self.step_in_prob, self.seed = max_depth, step_in_prob, seed
+    self.max_events, self.max_cuts = max_events, max_cuts
+    self.cuts = []
+    self.cut = None  # the open cut: dict(root, stack, frames, rng, overflow)
+    self.suppressing = None
+    self.baseline = None
+    self.repr_fallbacks = 0
+    self.abort = None
+
+  safe_repr = _Tracer.safe_repr
+  _repr = _Tracer._repr
+  _guard = _Tracer._guard
+
+  def global_trace(self, frame, event, arg):
+    if self.abort is not None or self.suppressing is not None:
+      return None
+    code = frame.f_code
+    path = self.sources.get(code.co_filename)
+    if path is None:
+      return None
+    if self.cut is None:
+      if (code.co_name in UNTRACED_CODE_NAMES or code.co_name == "<module>" or
+          code.co_flags & _CO_SUSPENDABLE):
+        return None  # a generator or coroutine is traced only as a callee
+      if len(self.cuts) >= self.max_cuts:
+        return None
+      import random
+      self.cut = {"root": frame, "stack": [], "frames": [], "overflow": False,
+                  "function": code.co_qualname, "file": path, "line": frame.f_lineno,
+                  "rng": random.Random("%s:%d" % (self.seed, len(self.cuts)))}
+      self.baseline = None
+    else:
+      cut = self.cut
+      if cut["overflow"]:
+        return None
+      depth = len(cut["stack"])
+      if (code.co_name in UNTRACED_CODE_NAMES or code.co_name == "<module>" or
+          depth > self.max_depth or not cut["rng"].random() < self.step_in_prob):
+        self.suppressing = frame
+        frame.f_trace_lines = False
+        return self._watch_suppressed
+    self.cut["stack"].append(frame)
+    self._guard(self._record_locals, "call", frame)
+    return self.local_trace
+
+  def _watch_suppressed(self, frame, event, arg):
+    if event == "return" and frame is self.suppressing:
+      self.suppressing = None
+    return self._watch_suppressed
+
+  def local_trace(self, frame, event, arg):
+    cut = self.cut
+    if (cut is None or self.suppressing is not None or self.abort is not None or
+        not any(f is frame for f in cut["stack"])):
+      return self.local_trace  # e.g. a generator of an earlier cut resumed
+    if event == "return" and frame is cut["root"] and cut["overflow"]:
+      self._finish()
+      return self.local_trace
+    if cut["overflow"]:
+      return self.local_trace
+    if event == "line":
+      self._guard(self._record_locals, "line", frame)
+    elif event == "return":
+      self._guard(self._record_value, "return", frame, arg)
+      cut["stack"].pop()
+      if frame is cut["root"]:
+        self._finish()
+    elif event == "exception":
+      self._guard(self._record_value, "exception", frame,
+                  arg[1] if arg[1] is not None else arg[0])
+    return self.local_trace
+
+  def _finish(self):
+    cut, self.cut = self.cut, None
+    self.cuts.append({"function": cut["function"], "file": cut["file"], "line": cut["line"],
+                      "status": "too_long" if cut["overflow"] else "ok",
+                      "frames": [] if cut["overflow"] else cut["frames"]})
+
+  def _record_locals(self, event, frame):
+    items = [(name, self._repr(value)) for name, value in frame.f_locals.items()]
+    if any(text == DOTS for _, text in items):
+      raise ValueError(f"a local's repr is {DOTS!r}, which the diff encoding cannot represent")
+    base = None
+    if event == "line" and self.baseline is not None and self.baseline[0] == id(frame):
+      base = self.baseline[1]
+    self.baseline = (id(frame), dict(items))
+    self._emit(event, frame, encode_locals(items, base))
+
+  def _record_value(self, event, frame, value):
+    if event == "return":
+      self.baseline = None
+    self._emit(event, frame, encode_value(self._repr(value)))
+
+  def _emit(self, event, frame, payload):
+    cut = self.cut
+    cut["frames"].append([event, self.sources[frame.f_code.co_filename], frame.f_lineno, payload])
+    if len(cut["frames"]) > self.max_events:
+      cut["overflow"], cut["frames"] = True, []
+      cut["stack"][1:] = []  # only the root's return is still watched
+
+
+_CO_SUSPENDABLE = 0x20 | 0x80 | 0x200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
+_REPO_ROOT = None  # where main() wrote the request's repository files
+
+
+def _write_repo(files: dict) -> str:
+  import tempfile
+  root = os.path.realpath(tempfile.mkdtemp(prefix="cwm_repo_"))
+  for rel, text in files.items():
+    path = os.path.realpath(os.path.join(root, rel))
+    if not path.startswith(root + os.sep):
+      raise ValueError(f"repository path {rel!r} leaves the repository")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+  return root
+
+
+class _Raises:
+  """`pytest.raises(E)` for the shim below."""
+
+  def __init__(self, expected, match=None):
+    self.expected, self.match, self.value = expected, match, None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, value, tb):
+    if kind is None:
+      raise AssertionError(f"DID NOT RAISE {self.expected}")
+    if not issubclass(kind, self.expected):
+      return False
+    if self.match is not None and not re.search(self.match, str(value)):
+      raise AssertionError(f"{value!r} does not match {self.match!r}")
+    self.value = value
+    return True
+
+
+class _Mark:
+  def __getattr__(self, name):
+    return lambda *a, **k: (a[0] if len(a) == 1 and callable(a[0]) and not k else
+                            (lambda fn: fn))
+
+
+def _ensure_pytest():
+  """Where pytest is not installed (e.g. the sandbox's bare interpreter), a minimal
+  stand-in with `raises` and no-op `mark`s, enough for plain test functions."""
+  try:
+    import pytest  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    shim = types.ModuleType("pytest")
+    shim.raises, shim.mark = _Raises, _Mark()
+    sys.modules["pytest"] = shim
+
+
+def _resolve_test(root: str, test: str):
+  """`path.py::name` or `path.py::Class::method` -> a callable with no arguments."""
+  import importlib.util
+  _ensure_pytest()
+  rel, *names = test.split("::")
+  path = os.path.join(root, rel)
+  for folder in (os.path.dirname(path), root):  # pytest's rootdir-style sys.path entries
+    if folder not in sys.path:
+      sys.path.insert(0, folder)
+  modname = rel[:-3].replace("/", ".") if rel.endswith(".py") else rel.replace("/", ".")
+  spec = importlib.util.spec_from_file_location(modname, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[modname] = module
+  spec.loader.exec_module(module)
+  target = module
+  for i, name in enumerate(names):
+    target = getattr(target, name)
+    if isinstance(target, type) and i < len(names) - 1:
+      target = target()
+      if hasattr(target, "setup_method"):
+        target.setup_method(getattr(target, names[-1]))
+  return target
+
+
+def trace_repo_item(item: dict, max_events: int) -> dict:
+  """Runs one test of the repository in _REPO_ROOT (untraced) and returns its cuts."""
+  root = _REPO_ROOT
+  if root is None:
+    return _result("error", "no_repo", "the request carries no repository files")
+  sources = {os.path.join(root, rel): rel for rel in item["sources"]}
+  os.chdir(root)
+  saved = sys.stdout, sys.stderr
+  sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+  try:
+    try:
+      test = _resolve_test(root, item["test"])
+    except (_Timeout, MemoryError):
+      raise
+    except BaseException as e:
+      return _result("error", "collect_error", f"could not load {item['test']}: {e!r}")
+    tracer = _RepoTracer(sources, int(item["max_depth"]), float(item["step_in_prob"]),
+                         str(item["seed"]), max_events, int(item.get("max_cuts", 1000)))
+    raised = None
+    sys.settrace(tracer.global_trace)
+    try:
+      test()
+    except _Abort:
+      pass
+    except (_Timeout, MemoryError):
+      raise
+    except BaseException as e:
+      raised = e
+    finally:
+      sys.settrace(None)
+  finally:
+    sys.stdout, sys.stderr = saved
+  extra = {"repr_fallbacks": tracer.repr_fallbacks, "cuts": tracer.cuts,
+           "exception": None if raised is None else mask_addresses(tracer.safe_repr(raised))}
+  if tracer.abort is not None:
+    status, kind, reason = tracer.abort
+    return _result(status, kind, reason, **extra)
+  return _result("ok", **extra)
+
+
+def _trace_any(item: dict, request: dict) -> dict:
+  if "test" in item:
+    return trace_repo_item(item, request["max_events"])
+  return trace_item(item["context"], item.get("stdin", ""), request["max_events"],
+                    request["max_bytes"])
+
+
 # ---------------------------------------------------------------- isolation and limits
 
 
@@ -436,8 +689,7 @@ def _run_forked(item: dict, request: dict) -> dict:
     code = 0
     try:
       _set_memory_limit(request["memory_mb"])
-      result = trace_item(item["context"], item.get("stdin", ""), request["max_events"],
-                          request["max_bytes"])
+      result = _trace_any(item, request)
       data = json.dumps(result).encode("utf-8")
     except MemoryError:
       data, code = b"", _EXIT_MEMORY
@@ -491,8 +743,7 @@ def _run_inline(item: dict, request: dict) -> dict:
   previous = signal.signal(signal.SIGALRM, on_alarm)
   signal.setitimer(signal.ITIMER_REAL, float(request["timeout_s"]))
   try:
-    return trace_item(item["context"], item.get("stdin", ""), request["max_events"],
-                      request["max_bytes"])
+    return _trace_any(item, request)
   except _Timeout:
     return _result("timeout", "timeout", f"exceeded the time limit of {request['timeout_s']:g} s")
   except MemoryError:
@@ -534,6 +785,9 @@ def main():
   os.dup2(devnull, 1)
   os.close(devnull)
   channel = os.fdopen(_CHANNEL_FD, "w", encoding="utf-8")
+  if request.get("repo_files") is not None:
+    global _REPO_ROOT
+    _REPO_ROOT = _write_repo(request["repo_files"])
   fork = hasattr(os, "fork") and not request.get("inline", False)
   budget = request.get("max_output_bytes")  # the executor's output cap, if any
   written = 0
