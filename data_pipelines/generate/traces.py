@@ -1,7 +1,7 @@
 """Trace generation at scale: program sources -> sandboxed tracer -> sharded trace records.
 
     python -m data_pipelines.generate.traces --source=cruxeval:PATH --out=DIR --num_shards=8 \\
-        [--runner=local] [--direct_num_workers=2] [--batch_size=64] [--limit=N]
+        [--runner=DirectRunner] [--direct_num_workers=2] [--batch_size=64] [--limit=N]
 
 Requests are cut into `num_shards` contiguous index ranges (shards.shard_range), so a
 record's shard depends only on its position in the source. One shard is one unit of
@@ -10,10 +10,11 @@ work: its requests are traced in batches (one sandboxed tracer process traces
 skips finished shards; the job manifest `DIR/manifest.json` (counts per shard, by
 status and drop reason, and in total) is rebuilt from the shard manifests at the end.
 
-Runners: `local` (default) maps shards over `direct_num_workers` processes. Any Beam
-runner name (`DirectRunner`, `DataflowRunner`, ...) builds the same work as an Apache
-Beam pipeline (shard ids -> Reshuffle -> trace+write, with Metrics counters); other
-unknown `--flags` pass through to Beam's PipelineOptions. Beam is imported only then.
+Runners: the CLI defaults to Beam's `DirectRunner`; any Beam runner name
+(`DataflowRunner`, ...) builds the same work as an Apache Beam pipeline (shard ids ->
+Reshuffle -> trace+write, with Metrics counters); other unknown `--flags` pass through
+to Beam's PipelineOptions (Beam is imported only then). `local` maps shards over
+`direct_num_workers` processes without Beam.
 """
 
 from __future__ import annotations
@@ -266,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--source", required=True, help=SPEC_HELP)
   ap.add_argument("--out", required=True, help="output directory (re-running resumes)")
   ap.add_argument("--num_shards", type=int, default=8)
-  ap.add_argument("--runner", default=LOCAL_RUNNER,
-                  help=f"{LOCAL_RUNNER} (process pool) or a Beam runner, e.g. DirectRunner")
+  ap.add_argument("--runner", default="DirectRunner",
+                  help=f"a Beam runner (DirectRunner, DataflowRunner, ...) or {LOCAL_RUNNER} "
+                       "(a plain process pool, no Beam)")
   ap.add_argument("--direct_num_workers", type=int, default=2,
                   help="worker processes (local runner and Beam's DirectRunner)")
   ap.add_argument("--batch_size", type=int, default=64, help="programs per tracer process")
