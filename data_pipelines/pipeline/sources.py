@@ -1,0 +1,130 @@
+"""Random-access record sources: each record is the raw bytes of one JSON object.
+
+Formats, picked from the file name:
+  *.array_record / *.arrayrecord   ArrayRecord, one JSON object (UTF-8 bytes) per record
+  *.jsonl / *.json                 JSON Lines, one object per non-blank line
+  *.parquet                        needs pyarrow (not a dependency yet): a clear error
+
+A file that is not what its name claims stops the pipeline with an error naming it;
+a bad *record* inside a good file is counted and skipped later (records.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import mmap
+import os
+import threading
+from typing import Sequence
+
+import grain
+import numpy as np
+
+ARRAY_RECORD_SUFFIXES = (".array_record", ".arrayrecord")
+JSONL_SUFFIXES = (".jsonl", ".json")
+_JSONL_PROBE_LINES = 20
+
+
+class JsonlSource(grain.sources.RandomAccessDataSource):
+  """Lines of a JSON Lines file by index (blank lines are not records); picklable."""
+
+  def __init__(self, path: str):
+    self._path = os.fspath(path)
+    with open(self._path, "rb") as f:
+      data = f.read()
+    if b"\x00" in data:
+      raise ValueError(f"{self._path}: not a JSON Lines file (it contains NUL bytes: binary data).")
+    starts, ends, pos = [], [], 0
+    while pos < len(data):
+      end = data.find(b"\n", pos)
+      end = len(data) if end < 0 else end
+      if data[pos:end].strip():
+        starts.append(pos)
+        ends.append(end)
+      pos = end + 1
+    self._starts = np.asarray(starts, np.int64)
+    self._ends = np.asarray(ends, np.int64)
+    probe = [data[s:e] for s, e in zip(starts[:_JSONL_PROBE_LINES], ends)]
+    if probe and not any(_is_json_object(line) for line in probe):
+      raise ValueError(f"{self._path}: not a JSON Lines file: none of its first {len(probe)} "
+                       f"lines is a JSON object (first line starts {probe[0][:40]!r}).")
+    self._map = None
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self._starts)
+
+  def __getitem__(self, index: int) -> bytes:
+    if self._map is None:
+      with self._lock:  # grain reads from several threads
+        if self._map is None:
+          with open(self._path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return bytes(self._map[self._starts[index]:self._ends[index]])
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_map"] = None
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __repr__(self) -> str:
+    return f"JsonlSource({self._path!r}, {len(self)} records)"
+
+
+def _is_json_object(line: bytes) -> bool:
+  try:
+    return isinstance(json.loads(line), dict)
+  except ValueError:
+    return False
+
+
+def open_array_record(paths: Sequence[str]) -> grain.sources.ArrayRecordDataSource:
+  for path in paths:
+    try:
+      grain.sources.ArrayRecordDataSource([path]).__len__()
+    except Exception as e:  # array_record raises RuntimeError/ValueError/OSError variously
+      raise ValueError(f"{path}: not a readable ArrayRecord file ({type(e).__name__}: {e}).") from e
+  return grain.sources.ArrayRecordDataSource(list(paths))
+
+
+def open_source(path: str) -> grain.MapDataset:
+  """A MapDataset of the record bytes of one file, by its suffix."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data file {path!r} does not exist.")
+  lower = path.lower()
+  if lower.endswith(ARRAY_RECORD_SUFFIXES):
+    return grain.MapDataset.source(open_array_record([path]))
+  if lower.endswith(JSONL_SUFFIXES):
+    return grain.MapDataset.source(JsonlSource(path))
+  if lower.endswith(".parquet"):
+    raise ValueError(f"{path}: Parquet needs pyarrow, which is not installed; convert to "
+                     f"JSONL/ArrayRecord or install pyarrow.")
+  raise ValueError(f"{path}: unknown data file type; expected a name ending in "
+                   f"{ARRAY_RECORD_SUFFIXES + JSONL_SUFFIXES + ('.parquet',)}.")
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+  """Paths with glob patterns (e.g. `out/traces-*.array_record`) expanded, sorted."""
+  expanded = []
+  for path in paths:
+    if glob.has_magic(path):
+      matches = sorted(glob.glob(path))
+      if not matches:
+        raise FileNotFoundError(f"data file pattern {path!r} matches no file.")
+      expanded += matches
+    else:
+      expanded.append(path)
+  return expanded
+
+
+def open_sources(paths: Sequence[str]) -> grain.MapDataset:
+  """All files of one source (globs expanded), concatenated in order."""
+  datasets = [open_source(p) for p in expand_paths(paths)]
+  return datasets[0] if len(datasets) == 1 else grain.MapDataset.concatenate(datasets)
