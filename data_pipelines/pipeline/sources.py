@@ -3,7 +3,7 @@
 Formats, picked from the file name:
   *.array_record / *.arrayrecord   ArrayRecord, one JSON object (UTF-8 bytes) per record
   *.jsonl / *.json                 JSON Lines, one object per non-blank line
-  *.parquet                        needs pyarrow (not a dependency yet): a clear error
+  *.parquet                        Parquet, one row per record (columns -> JSON keys)
 
 A file that is not what its name claims stops the pipeline with an error naming it;
 a bad *record* inside a good file is counted and skipped later (records.py).
@@ -77,6 +77,56 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
     return f"JsonlSource({self._path!r}, {len(self)} records)"
 
 
+class ParquetSource(grain.sources.RandomAccessDataSource):
+  """Rows of a Parquet file by index, each as the UTF-8 JSON of {column: value}.
+
+  Random access goes through the row-group index; the last row group read is
+  cached (readers walk mostly in order within a shuffle window). Picklable.
+  """
+
+  def __init__(self, path: str):
+    import pyarrow.parquet as pq  # a dependency of apache-beam; imported only for Parquet
+    self._path = os.fspath(path)
+    try:
+      meta = pq.ParquetFile(self._path).metadata
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError variously
+      raise ValueError(f"{self._path}: not a readable Parquet file ({type(e).__name__}: {e}).") from e
+    counts = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    self._group_starts = np.cumsum([0] + counts)
+    self._file = None
+    self._cache = (None, None)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return int(self._group_starts[-1])
+
+  def __getitem__(self, index: int) -> bytes:
+    if not 0 <= index < len(self):
+      raise IndexError(f"{self._path}: row {index} out of range [0, {len(self)}).")
+    group = int(np.searchsorted(self._group_starts, index, side="right") - 1)
+    with self._lock:  # grain reads from several threads; pyarrow files are not thread-safe
+      if self._cache[0] != group:
+        if self._file is None:
+          import pyarrow.parquet as pq
+          self._file = pq.ParquetFile(self._path)
+        self._cache = (group, self._file.read_row_group(group).to_pylist())
+      row = self._cache[1][index - int(self._group_starts[group])]
+    return json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_file"], state["_cache"] = None, (None, None)
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __repr__(self) -> str:
+    return f"ParquetSource({self._path!r}, {len(self)} records)"
+
+
 def _is_json_object(line: bytes) -> bool:
   try:
     return isinstance(json.loads(line), dict)
@@ -104,8 +154,7 @@ def open_source(path: str) -> grain.MapDataset:
   if lower.endswith(JSONL_SUFFIXES):
     return grain.MapDataset.source(JsonlSource(path))
   if lower.endswith(".parquet"):
-    raise ValueError(f"{path}: Parquet needs pyarrow, which is not installed; convert to "
-                     f"JSONL/ArrayRecord or install pyarrow.")
+    return grain.MapDataset.source(ParquetSource(path))
   raise ValueError(f"{path}: unknown data file type; expected a name ending in "
                    f"{ARRAY_RECORD_SUFFIXES + JSONL_SUFFIXES + ('.parquet',)}.")
 

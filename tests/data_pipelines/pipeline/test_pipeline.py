@@ -189,7 +189,7 @@ def test_too_long_documents_dropped_and_counted(tmp_path, tok_path):
     ("junk.array_record", bytes(range(256)) * 4, "not a readable ArrayRecord file"),
     ("junk.jsonl", bytes(range(256)) * 4, "not a JSON Lines file"),
     ("words.jsonl", b"hello\nworld\n", "not a JSON Lines file"),
-    ("table.parquet", b"PAR1", "pyarrow"),
+    ("table.parquet", b"PAR1", "not a readable Parquet file"),
     ("data.csv", b"a,b\n", "unknown data file type"),
 ], ids=["array_record", "binary_jsonl", "text_jsonl", "parquet", "csv"])
 def test_bad_files_stop_with_an_error_naming_them(tmp_path, tok_path, name, content, match):
@@ -293,3 +293,21 @@ def test_dropped_trace_records_are_counted(tmp_path, tok_path):
 def test_shard_defaults_to_the_jax_process(files, tok_path):
   cfg = _config(files, tok_path, shard_index=None, shard_count=None)
   assert cfg.shard() == (0, 1)
+
+
+def test_parquet_source_reads_the_same_documents_as_jsonl(tmp_path, tok_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  texts = [f"document {i}: " + "word " * (i % 7) for i in range(50)]
+  jsonl = _write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+  parquet = str(tmp_path / "t.parquet")
+  pq.write_table(pa.table({"text": texts, "extra": list(range(50))}), parquet, row_group_size=8)
+  batches = {}
+  for name, path in (("jsonl", jsonl), ("parquet", parquet)):
+    cfg = _config({}, tok_path, sources=(SourceConfig("t", path, "text"),), num_epochs=1,
+                  batch_size=2, shuffle=False, seq_len=64)
+    with build_train_iterator(cfg) as it:
+      batches[name] = list(it)
+      assert it.stats.counts["documents"] == 50 and it.stats.skipped == 0
+  assert len(batches["jsonl"]) > 0
+  _assert_same(batches["jsonl"], batches["parquet"])
