@@ -73,7 +73,10 @@ def sandbox_executor(program: str, *, stdin: str, timeout_s: float, memory_mb: i
   config = sandbox.SandboxConfig(output_limit_bytes=SANDBOX_OUTPUT_LIMIT)
   result = sandbox.run_python(program, stdin=stdin, timeout_s=timeout_s, memory_mb=memory_mb,
                               config=config)
-  return ExecOutput(result.stdout, result.stderr, result.exit_code, result.timed_out,
+  stderr = result.stderr
+  if result.sandbox_error:  # the harness failed (not the program): say why in the counted reason
+    stderr = f"{stderr}\n[sandbox error] {result.sandbox_error}".lstrip("\n")
+  return ExecOutput(result.stdout, stderr, result.exit_code, result.timed_out,
                     result.memory_exceeded)
 
 
