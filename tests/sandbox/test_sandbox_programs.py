@@ -128,10 +128,12 @@ with open({RESULT_FD}, "w") as f:
 
 def test_threads_atexit_and_subprocesses(box):
   code = """
-import atexit, subprocess, sys, threading, time
+import atexit, subprocess, sys, threading
 atexit.register(lambda: print("atexit"))
-threading.Thread(target=lambda: (time.sleep(0.1), print("thread"))).start()
+ready = threading.Event()  # ordered by an event, not a sleep: no race under load
+threading.Thread(target=lambda: (ready.wait(), print("thread"))).start()
 print(subprocess.run([sys.executable, "-c", "print(1 + 1)"], capture_output=True, text=True).stdout.strip())
+ready.set()
 """
   r = box.run_python(code)
   assert r.ok, r.stderr

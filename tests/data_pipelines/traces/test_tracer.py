@@ -165,7 +165,9 @@ class Bar:
                      "    except BaseException:\n        pass\n    return 1\n",
     "untraced_loop": "while True:\n    pass\n" + M + "    return 1\n",
     "loop_in_builtin": M + "    import itertools\n    return sum(itertools.count())\n",
-    "memory": M + "    x = [' ' * 10**6 for _ in range(10**5)]\n",
+    # Zero-filled buffers are mapped lazily: the address-space limit is hit at once,
+    # without touching pages (a slow, load-dependent path that could time out first).
+    "memory": M + "    x = [bytearray(10**8) for _ in range(10**3)]\n",
     "syntax": M + "    return (\n",
     "no_marker": "def main():\n    return 1\n",
     "module_raises": "1/0\n" + M + "    return 1\n",
