@@ -1,10 +1,14 @@
-"""All 200 CruxEval dev records: traced return value == the stored output (which the
-data README verified equals repr(f(input)) in a plain Python 3.11 run), and every
-trace survives format -> parse (text) unchanged."""
+"""All 200 CruxEval dev records, traced in the bubblewrap sandbox: the traced return
+value equals repr(f(input)) from a plain (untraced) sandboxed run of the same calls
+and the stored output, and every trace survives format -> parse (text) unchanged."""
 
+import json
 import os
+import shutil
 
 import pytest
+
+from cwm_jax import sandbox
 
 from data_pipelines.traces import executors
 from data_pipelines.traces.format import format_trace
@@ -23,12 +27,33 @@ CRUXEVAL_DEV = os.environ.get(
 def cruxeval():
   if not os.path.exists(CRUXEVAL_DEV):
     pytest.skip(f"{CRUXEVAL_DEV} not found")
+  if shutil.which("bwrap") is None:
+    pytest.skip("bubblewrap is not installed (apt-get install -y bubblewrap)")
   records = read_jsonl(CRUXEVAL_DEV)
   stats = TraceStats()
-  results = trace_requests(cruxeval_requests(records),
-                           executor=executors.unsandboxed_subprocess_executor, batch_size=50,
-                           num_workers=2, stats=stats)
+  results = trace_requests(cruxeval_requests(records), executor=executors.sandbox_executor,
+                           batch_size=50, num_workers=2, stats=stats)
   return records, results, stats
+
+
+PLAIN_RUN = """
+import json, sys
+out = []
+for code, arg in json.load(sys.stdin):
+  ns = {"__name__": "__main__"}
+  exec(code, ns)
+  out.append(repr(eval("f(" + arg + ")", ns)))
+print(json.dumps(out))
+"""
+
+
+def test_traced_return_values_equal_a_plain_sandboxed_run(cruxeval):
+  records, results, _ = cruxeval
+  calls = json.dumps([[rec["code"], rec["input"]] for rec in records])
+  plain = sandbox.run_python(PLAIN_RUN, stdin=calls, timeout_s=60)
+  assert plain.ok, plain.stderr
+  expected = json.loads(plain.stdout)
+  assert [r.trace.return_value for r in results] == expected
 
 
 def test_every_record_traces_to_its_stored_output(cruxeval):
