@@ -26,8 +26,28 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 _JSONL_PROBE_LINES = 20
 
 
-class JsonlSource(grain.sources.RandomAccessDataSource):
+class _LazyFileSource(grain.sources.RandomAccessDataSource):
+  """Pickling for sources that open their file lazily: the open handle (fields in
+  `_TRANSIENT`, reset to their values there) and the lock stay behind, so a source
+  can be sent to grain worker processes."""
+
+  _TRANSIENT: dict = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.update(self._TRANSIENT)
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+class JsonlSource(_LazyFileSource):
   """Lines of a JSON Lines file by index (blank lines are not records); picklable."""
+
+  _TRANSIENT = {"_map": None}
 
   def __init__(self, path: str):
     self._path = os.fspath(path)
@@ -63,26 +83,18 @@ class JsonlSource(grain.sources.RandomAccessDataSource):
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     return bytes(self._map[self._starts[index]:self._ends[index]])
 
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_map"] = None
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
-
   def __repr__(self) -> str:
     return f"JsonlSource({self._path!r}, {len(self)} records)"
 
 
-class ParquetSource(grain.sources.RandomAccessDataSource):
+class ParquetSource(_LazyFileSource):
   """Rows of a Parquet file by index, each as the UTF-8 JSON of {column: value}.
 
   Random access goes through the row-group index; the last row group read is
   cached (readers walk mostly in order within a shuffle window). Picklable.
   """
+
+  _TRANSIENT = {"_file": None, "_cache": (None, None)}
 
   def __init__(self, path: str):
     import pyarrow.parquet as pq  # a dependency of apache-beam; imported only for Parquet
@@ -112,16 +124,6 @@ class ParquetSource(grain.sources.RandomAccessDataSource):
         self._cache = (group, self._file.read_row_group(group).to_pylist())
       row = self._cache[1][index - int(self._group_starts[group])]
     return json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_file"], state["_cache"] = None, (None, None)
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
 
   def __repr__(self) -> str:
     return f"ParquetSource({self._path!r}, {len(self)} records)"

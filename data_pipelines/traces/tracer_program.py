@@ -168,7 +168,29 @@ class _Timeout(BaseException):
   pass
 
 
-class _Tracer:
+class _DiffEncoder:
+  """Frame payloads shared by both tracers: LOCALS with ".." against the baseline of
+  the same invocation (rule 4) and return/exception VALUEs (rule 5). Subclasses set
+  `self.baseline = None` and provide `_repr`, `_emit` and `_repr_is_dots`."""
+
+  def _record_locals(self, event, frame):
+    items = [(name, self._repr(value)) for name, value in frame.f_locals.items()]
+    for name, text in items:
+      if text == DOTS:
+        self._repr_is_dots(name)
+    base = None
+    if event == "line" and self.baseline is not None and self.baseline[0] == id(frame):
+      base = self.baseline[1]
+    self.baseline = (id(frame), dict(items))
+    self._emit(event, frame, encode_locals(items, base))
+
+  def _record_value(self, event, frame, value):
+    if event == "return":
+      self.baseline = None
+    self._emit(event, frame, encode_value(self._repr(value)))
+
+
+class _Tracer(_DiffEncoder):
   """sys.settrace hooks that record frames of CONTEXT code (rules 1-6)."""
 
   def __init__(self, lines: list[str], max_events: int, max_bytes: int, start_bytes: int):
@@ -260,23 +282,10 @@ class _Tracer:
       self.line_text[lineno] = (text, len(text.encode("utf-8")))
     return lineno, self.line_text[lineno]
 
-  def _record_locals(self, event, frame):
-    items = [(name, self._repr(value)) for name, value in frame.f_locals.items()]
-    for name, text in items:
-      if text == DOTS:
-        self._give_up("error", "repr_is_dots",
-                      f"the repr of local {name!r} is {DOTS!r}, which the diff encoding cannot "
-                      "represent")
-    base = None
-    if event == "line" and self.baseline is not None and self.baseline[0] == id(frame):
-      base = self.baseline[1]
-    self.baseline = (id(frame), dict(items))
-    self._emit(event, frame, encode_locals(items, base))
-
-  def _record_value(self, event, frame, value):
-    if event == "return":
-      self.baseline = None
-    self._emit(event, frame, encode_value(self._repr(value)))
+  def _repr_is_dots(self, name):
+    self._give_up("error", "repr_is_dots",
+                  f"the repr of local {name!r} is {DOTS!r}, which the diff encoding cannot "
+                  "represent")
 
   def _emit(self, event, frame, payload):
     lineno, (line, line_bytes) = self._line(frame)
@@ -415,7 +424,7 @@ def trace_item(context: str, stdin: str, max_events: int, max_bytes: int) -> dic
 # ---------------------------------------------------------------- repository level
 
 
-class _RepoTracer:
+class _RepoTracer(_DiffEncoder):
   """Cuts function-level traces out of a test run (FORMATS.md, repository-level traces).
 
   A cut starts at a call of a function defined in one of `sources` (repository files,
@@ -509,20 +518,9 @@ class _RepoTracer:
                       "status": "too_long" if cut["overflow"] else "ok",
                       "frames": [] if cut["overflow"] else cut["frames"]})
 
-  def _record_locals(self, event, frame):
-    items = [(name, self._repr(value)) for name, value in frame.f_locals.items()]
-    if any(text == DOTS for _, text in items):
-      raise ValueError(f"a local's repr is {DOTS!r}, which the diff encoding cannot represent")
-    base = None
-    if event == "line" and self.baseline is not None and self.baseline[0] == id(frame):
-      base = self.baseline[1]
-    self.baseline = (id(frame), dict(items))
-    self._emit(event, frame, encode_locals(items, base))
-
-  def _record_value(self, event, frame, value):
-    if event == "return":
-      self.baseline = None
-    self._emit(event, frame, encode_value(self._repr(value)))
+  def _repr_is_dots(self, name):
+    raise ValueError(f"the repr of local {name!r} is {DOTS!r}, which the diff encoding "
+                     "cannot represent")
 
   def _emit(self, event, frame, payload):
     cut = self.cut
