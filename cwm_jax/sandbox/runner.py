@@ -47,6 +47,24 @@ def _prctl(option, value):
     pass
 
 
+def descendants(root: int) -> list[int]:
+  """Pids below `root`, from /proc (stdlib only: also used by the host-side worker)."""
+  parent_of = {}
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        with open(f"/proc/{name}/stat", "rb") as f:
+          parent_of[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+      except (OSError, ValueError, IndexError):
+        pass
+  found, frontier = [], [root]
+  while frontier:
+    children = [pid for pid, ppid in parent_of.items() if ppid in frontier]
+    found += children
+    frontier = children
+  return found
+
+
 class Capture:
   """Bytes read from one pipe: the head up to `limit`, the last TAIL_BYTES, a flag."""
 
@@ -421,23 +439,7 @@ class Runner:
 
   def descendants(self):
     """Pids below this process (unsandboxed mode, where kill(-1) would hit the host)."""
-    parent_of = {}
-    for name in os.listdir("/proc"):
-      if name.isdigit():
-        try:
-          with open(f"/proc/{name}/stat", "rb") as f:
-            parent_of[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-          pass
-    mine, found = {os.getpid()}, True
-    while found:
-      found = False
-      for pid, ppid in parent_of.items():
-        if ppid in mine and pid not in mine:
-          mine.add(pid)
-          found = True
-    mine.discard(os.getpid())
-    return mine
+    return set(descendants(os.getpid()))
 
   def clean_up(self):
     """Kill leftovers and wipe the writable places; False means retire this runner."""

@@ -22,6 +22,7 @@ from cwm_jax.sandbox.errors import SandboxUnavailableError
 from cwm_jax.sandbox.job import Job, to_wire
 from cwm_jax.sandbox.launch import Launch, make_launch, seccomp_program
 from cwm_jax.sandbox.result import ExecResult
+from cwm_jax.sandbox.runner import descendants
 
 
 _USERNS_HINT = (
@@ -187,7 +188,7 @@ class Worker:
     proc, self._proc = self._proc, None
     if proc is not None:
       if proc.poll() is None:
-        victims = _descendants(proc.pid) if self.config.executor == "unsandboxed" else []
+        victims = descendants(proc.pid) if self.config.executor == "unsandboxed" else []
         try:
           os.killpg(proc.pid, signal.SIGKILL)  # bwrap dies; --die-with-parent ends the rest
         except (ProcessLookupError, PermissionError):
@@ -209,20 +210,3 @@ class Worker:
     if self._launch is not None and self._launch.host_dir:
       shutil.rmtree(self._launch.host_dir, ignore_errors=True)
     self._launch = None
-
-
-def _descendants(root: int) -> list[int]:
-  parent_of = {}
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/stat", "rb") as f:
-          parent_of[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-      except (OSError, ValueError, IndexError):
-        pass
-  found, frontier = [], [root]
-  while frontier:
-    children = [pid for pid, ppid in parent_of.items() if ppid in frontier]
-    found += children
-    frontier = children
-  return found
