@@ -85,18 +85,19 @@ sandbox_executor.output_limit_bytes = SANDBOX_OUTPUT_LIMIT
 
 
 def sandbox_available() -> bool:
-  """Whether cwm_jax.sandbox is installed and offers `run_python` (checked when asked)."""
+  """Whether cwm_jax.sandbox can run here, i.e. bubblewrap is installed."""
+  from cwm_jax import sandbox  # pylint: disable=import-outside-toplevel
   try:
-    from cwm_jax import sandbox  # pylint: disable=import-outside-toplevel
-  except ImportError:
+    sandbox.launch.find_bwrap(sandbox.SandboxConfig())
+  except sandbox.SandboxUnavailableError:
     return False
-  return callable(getattr(sandbox, "run_python", None))
+  return True
 
 
 def choose_executor(*, unsandboxed: bool = False) -> Executor:
   """The one place the backend is chosen.
 
-  `unsandboxed` (or CWM_TRACE_UNSANDBOXED=1 when the sandbox is missing) picks the
+  `unsandboxed` (or CWM_TRACE_UNSANDBOXED=1 when bubblewrap is missing) picks the
   test-only unsandboxed runner; otherwise cwm_jax.sandbox, or an error without it.
   """
   if not unsandboxed and sandbox_available():
@@ -105,6 +106,7 @@ def choose_executor(*, unsandboxed: bool = False) -> Executor:
     warnings.warn("tracing WITHOUT a sandbox: trusted code only", RuntimeWarning, stacklevel=2)
     return unsandboxed_subprocess_executor
   raise RuntimeError(
-      "Tracing runs programs in cwm_jax.sandbox, which is not available. For trusted code "
+      "Tracing runs programs in cwm_jax.sandbox, which needs bubblewrap "
+      "(apt-get install -y bubblewrap). For trusted code "
       f"only, use the unsandboxed runner (unsandboxed=True, {UNSANDBOXED_ENV}=1, or "
       "--unsandboxed on the command line).")
