@@ -15,7 +15,6 @@ is the token-weighted mean over the whole batch, whatever `accum_steps` is.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
 import jax
@@ -103,9 +102,23 @@ def train_step(state: TrainState, batch: dict, *, model_cfg: ModelConfig,
   return new_state, metrics
 
 
+def guard_nonfinite(state: TrainState, new_state: TrainState, metrics: dict
+                   ) -> tuple[TrainState, dict]:
+  """Keeps `state` (params and optimizer statistics) when the step's loss or
+  gradient norm is NaN/inf, so a non-finite value never enters the state (nor a
+  checkpoint). The step counter still advances: the batch is skipped, not
+  retried. metrics["nonfinite"] is 1 for such a step, else 0."""
+  ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                      (new_state.params, new_state.opt_state), (state.params, state.opt_state))
+  return (new_state.replace(params=kept[0], opt_state=kept[1]),
+          {**metrics, "nonfinite": (~ok).astype(jnp.int32)})
+
+
 def jit_train_step(mesh: Mesh, model_cfg: ModelConfig, optimizer: optax.GradientTransformation,
                    state_shardings: TrainState, *, donate: bool = True,
-                   compiler_options: Optional[dict] = None, **step_kwargs):
+                   compiler_options: Optional[dict] = None, nonfinite_guard: bool = False,
+                   **step_kwargs):
   """`train_step` jitted for `mesh`: state in and out with `state_shardings`
   (see `state.train_state_shardings`), batch arrays placed by
   `sharding.batch_sharding`, metrics replicated, the input state donated.
@@ -114,8 +127,15 @@ def jit_train_step(mesh: Mesh, model_cfg: ModelConfig, optimizer: optax.Gradient
   model's logical activation constraints apply. `step_kwargs` go to
   `train_step` (accum_steps, z_loss, loss_chunk, lr_schedule);
   `compiler_options` to XLA (e.g. {"xla_backend_optimization_level": 0}
-  halves CPU compile time in tests)."""
-  step = functools.partial(train_step, model_cfg=model_cfg, optimizer=optimizer, **step_kwargs)
+  halves CPU compile time in tests). With `nonfinite_guard`, a step with a
+  NaN/inf loss or gradient norm leaves params and optimizer state unchanged
+  (`guard_nonfinite`)."""
+  def step(state, batch):
+    # Looked up at trace time (not bound at definition) so tests can wrap it.
+    new_state, metrics = train_step(state, batch, model_cfg=model_cfg, optimizer=optimizer,
+                                    **step_kwargs)
+    return guard_nonfinite(state, new_state, metrics) if nonfinite_guard else (new_state, metrics)
+
   batch_sh = batch_sharding(mesh)
   jitted = jax.jit(step, in_shardings=(state_shardings, batch_sh),
                    out_shardings=(state_shardings, replicated(mesh)),

@@ -1,0 +1,116 @@
+"""Shared pieces of the stage configs: argument parsing, sizes per variant, defaults.
+
+A config argument is `variant[,key=value...]`, e.g. `tiny`, `tiny,data_dir=/tmp/d`,
+`cwm_8b,data_dir=/data/cwm`. Variants:
+
+  tiny     CPU, minutes: the `tiny` model widened a little, the toy corpus made by
+           `python -m data_pipelines.toy_corpus --out=DATA_DIR` (the quickstart does it).
+  cwm_1b   one GPU / small slice: Llama-3.2-1B shape, CWM tokenizer.
+  cwm_8b   the paper's ablation scale.
+  cwm_32b  the released model's shape.
+
+Large-variant data is expected under DATA_DIR as ArrayRecord/JSONL shards written
+by the data_pipelines jobs (paths listed in each stage config) and the CWM
+tokenizer file at DATA_DIR/tokenizer.model. Batch sizes, learning rates and step
+counts of the large variants are this project's choices at the paper's token
+budgets' proportions (TRAINING.md: the paper does not publish them).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("tiny", "cwm_1b", "cwm_8b", "cwm_32b")
+DEFAULT_DATA_DIR = {"tiny": "/tmp/cwm_quickstart/data"}
+ALLOWED_KEYS = ("data_dir",)
+
+# The tiny quickstart model: the `tiny` preset with the toy tokenizer's vocab,
+# wider layers and a window that spans a toy trace's frame history.
+TINY_MODEL = dict(preset="tiny", vocab_size=2048, d_model=128, n_heads=4, n_kv_heads=2,
+                  head_dim=32, mlp_dim=384, window=128, attention_chunk=128)
+
+# One learning-rate schedule spans pretraining and midtraining (the paper
+# continues the run): both stages use total = pretrain + midtrain steps.
+STEPS = {
+    "tiny": {"pretrain": 300, "midtrain": 300, "sft": 100},
+    "cwm_1b": {"pretrain": 40_000, "midtrain": 20_000, "sft": 4_000},
+    "cwm_8b": {"pretrain": 1_430_000, "midtrain": 240_000, "sft": 12_000},
+    "cwm_32b": {"pretrain": 1_900_000, "midtrain": 300_000, "sft": 24_000},
+}
+WARMUP = {"tiny": 30, "cwm_1b": 2000, "cwm_8b": 2000, "cwm_32b": 2000}
+PEAK_LR = {"tiny": 3e-3, "cwm_1b": 3e-4, "cwm_8b": 3e-4, "cwm_32b": 1.5e-4}
+
+
+def parse_arg(arg: str | None) -> tuple[str, dict]:
+  """'variant,key=value,...' -> (variant, {key: value}) with clear errors."""
+  parts = [p for p in (arg or "tiny").split(",") if p]
+  variant, options = parts[0], {}
+  if variant not in VARIANTS:
+    raise ValueError(f"config variant {variant!r}: expected one of {VARIANTS}.")
+  for part in parts[1:]:
+    key, sep, value = part.partition("=")
+    if not sep or key not in ALLOWED_KEYS:
+      raise ValueError(f"config argument {part!r}: expected key=value with key in {ALLOWED_KEYS}.")
+    options[key] = value
+  options.setdefault("data_dir", DEFAULT_DATA_DIR.get(variant, "/data/cwm"))
+  return variant, options
+
+
+def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
+  base = dict(TINY_MODEL) if variant == "tiny" else {"preset": variant}
+  if variant != "tiny":
+    base.update(remat="dots", attention_impl="auto")
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def source(name: str, paths, kind: str, weight: float = 1.0) -> dict:
+  return {"name": name, "paths": [paths] if isinstance(paths, str) else list(paths),
+          "kind": kind, "weight": weight}
+
+
+def optimizer_config(variant: str, stage: str) -> ml_collections.ConfigDict:
+  steps = STEPS[variant]
+  if stage == "sft":
+    return ml_collections.ConfigDict(dict(
+        learning_rate=PEAK_LR[variant] / 3, schedule="cosine", warmup_steps=WARMUP[variant] // 2,
+        total_steps=steps["sft"], end_lr_fraction=0.1, weight_decay=0.1, clip_norm=1.0))
+  return ml_collections.ConfigDict(dict(
+      learning_rate=PEAK_LR[variant], schedule="cosine", warmup_steps=WARMUP[variant],
+      total_steps=steps["pretrain"] + steps["midtrain"], end_lr_fraction=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
+
+
+def train_config(variant: str, stage: str, **overrides) -> ml_collections.ConfigDict:
+  tiny = variant == "tiny"
+  base = dict(steps=STEPS[variant][stage], accum_steps=1, z_loss=0.0 if tiny else 1e-4,
+              loss_chunk=1024, log_every=10 if tiny else 50, eval_every=100 if tiny else 2000,
+              eval_batches=4 if tiny else 20, checkpoint_every=100 if tiny else 1000,
+              keep_last=3, keep_every=None if tiny else 10_000, async_checkpoint=True,
+              nan_policy="skip", max_nonfinite_steps=10, profile_start=-1, profile_steps=5)
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def mesh_config(variant: str, context: int = 1) -> ml_collections.ConfigDict:
+  if variant == "tiny":
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, context=1))
+  tensor = 8 if variant == "cwm_32b" else 1
+  return ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=tensor, context=context))
+
+
+def experiment(stage: str, variant: str, model, data, **top) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = f"{stage}_{variant}"
+  config.stage = stage
+  config.seed = 0
+  config.model = model
+  config.optimizer = optimizer_config(variant, stage)
+  config.data = ml_collections.ConfigDict(data)
+  config.train = train_config(variant, stage)
+  config.mesh = mesh_config(variant, top.pop("context", 1))
+  config.init_from = top.pop("init_from", "")
+  config.init_optimizer_state = top.pop("init_optimizer_state", False)
+  if top:
+    raise ValueError(f"experiment(): unknown keys {sorted(top)}")
+  return config
