@@ -63,8 +63,12 @@ def complete_checked(completer: Completer, prompts: Sequence[Sequence[int]], *, 
 class SamplerCompleter:
   """A Completer on `cwm_jax.inference.Sampler` (jitted prefill + decode with a KV cache).
 
-  Prompts are repeated n times and sent in batches of `batch_size`; batch b samples
-  with seed `seed + b`, so results are reproducible for a fixed batch size.
+  A prompt that leaves fewer than `max_new_tokens` slots of the sampler's max_len
+  gets the slots left, and one that leaves none gets "" (counted in
+  `prompts_too_long`, which the runner reports), so one long prompt cannot stop a
+  benchmark. Prompts are repeated n times and sent in batches of `batch_size`; row j of the
+  flattened (prompt, sample) list samples with its own key from (seed, j), so its
+  draws do not depend on the batch size or the other rows.
   """
 
   def __init__(self, sampler: Any, tokenizer: Tokenizer, *, batch_size: int = 8):
@@ -73,6 +77,7 @@ class SamplerCompleter:
     self.sampler = sampler
     self._tokenizer = tokenizer
     self.batch_size = batch_size
+    self.prompts_too_long = 0  # rows answered "" because the prompt filled the KV cache
 
   @classmethod
   def from_params(cls, model_cfg, params, tokenizer: Tokenizer, *, mesh=None, max_len: int,
@@ -92,12 +97,22 @@ class SamplerCompleter:
     tok = self._tokenizer
     stops = tuple(dict.fromkeys([*tok.stop_ids, *stop_token_ids]))
     flat = [list(p) for p in prompts for _ in range(n)]
-    texts: list[str] = []
-    for b, start in enumerate(range(0, len(flat), self.batch_size)):
-      batch = flat[start:start + self.batch_size]
-      result = self.sampler.generate(
-          batch, max_new_tokens=max_new_tokens,
-          sampling=SamplingConfig(temperature=temperature, top_p=top_p),
-          stop_token_ids=stops, stop_strings=tuple(stop_strings), tokenizer=tok, seed=seed + b)
-      texts += [tok.decode([int(t) for t in tokens]) for tokens in result.tokens]
+    # A prompt near max_len gets what room is left; one with no room gets "" (counted).
+    budgets = [min(max_new_tokens, self.sampler.max_len - len(p)) for p in flat]
+    texts = [""] * len(flat)
+    rows = [j for j, b in enumerate(budgets) if b >= 1]
+    self.prompts_too_long += len(flat) - len(rows)
+    groups: dict[int, list[int]] = {}
+    for j in rows:
+      groups.setdefault(budgets[j], []).append(j)
+    for budget, members in sorted(groups.items()):
+      for start in range(0, len(members), self.batch_size):
+        batch = members[start:start + self.batch_size]
+        result = self.sampler.generate(
+            [flat[j] for j in batch], max_new_tokens=budget,
+            sampling=SamplingConfig(temperature=temperature, top_p=top_p),
+            stop_token_ids=stops, stop_strings=tuple(stop_strings), tokenizer=tok,
+            seed=[(seed * 1_000_003 + j) % (1 << 31) for j in batch])
+        for j, text in zip(batch, result.texts):  # ids past the tokenizer's vocab: no text
+          texts[j] = text
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
