@@ -33,7 +33,10 @@ def _problems(cfg: EvalConfig, dataset: str) -> list:
       raise ConfigError(f"config.data.{dataset}: {path!r} does not exist; give the path of the "
                         f"official file or set config.download=True (needs a network)")
     path = data.download(dataset, cfg.data_dir or os.path.dirname(path))
-  problems = data.load_benchmark(dataset, path)
+  try:
+    problems = data.load_benchmark(dataset, path)
+  except data.BenchmarkFileError as e:
+    raise ConfigError(f"config.data.{dataset}: {e}") from None
   return problems[:cfg.limit] if cfg.limit else problems
 
 

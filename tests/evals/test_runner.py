@@ -56,6 +56,14 @@ def test_missing_data_file_is_a_config_error(tmp_path):
     runner.run_from_config(raw, str(tmp_path), completer=object())
 
 
+def test_malformed_data_file_is_a_config_error(tmp_path):
+  (tmp_path / "cruxeval.jsonl").write_text('{"id": "a", "code": "def f(): pass"}\n')
+  raw = eval_configs.get_config("cruxeval,data_dir=" + str(tmp_path)).to_dict()
+  with pytest.raises(ConfigError, match=r"config.data.cruxeval: .*cruxeval.jsonl:1: missing "
+                     r"field 'input'"):
+    runner.run_from_config(raw, str(tmp_path), completer=object())
+
+
 class ReferenceModel(TraceOracle):
   """Answers every benchmark's plain prompt from the dev files' truth; traces the
   context of a trace prompt with the real tracer and replays it."""
