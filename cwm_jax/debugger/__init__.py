@@ -13,9 +13,10 @@
 from cwm_jax.debugger.context import SourceError, make_context
 from cwm_jax.debugger.model import ForcedTokensRejected, TraceModel, TraceModelError
 from cwm_jax.debugger.replay import ReplayTraceModel
+from cwm_jax.debugger.sampler_model import SamplerTraceModel
 from cwm_jax.debugger.session import (DebuggerError, DebuggerState, NeuralDebugger,
                                       PredictionError)
 
 __all__ = ["NeuralDebugger", "DebuggerState", "DebuggerError", "PredictionError", "TraceModel",
-           "TraceModelError", "ForcedTokensRejected", "ReplayTraceModel", "SourceError",
+           "TraceModelError", "ForcedTokensRejected", "ReplayTraceModel", "SamplerTraceModel", "SourceError",
            "make_context"]

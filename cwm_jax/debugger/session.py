@@ -261,6 +261,8 @@ class NeuralDebugger:
       position = getattr(e, "position", None)
       where = f" (at its token {position - len(prefix)})" if position is not None else ""
       reason = _PARSER_PREFIX_RE.sub("", str(e))
+      if position is not None:
+        reason = reason.replace(f" at token {position}", "")
       raise PredictionError(f"the model's next frame does not parse{where}: {reason}",
                             text) from None
     known = len(self._history)
