@@ -15,8 +15,8 @@ from cwm_jax.convert import save_orbax
 from cwm_jax.model import get_preset
 from cwm_jax.model.config import RopeScaling
 from cwm_jax.sharding import MeshConfig, make_mesh, param_shardings
-from cwm_jax.train import (OptimizerConfig, TrainState, abstract_train_state, init_train_state,
-                           make_optimizer, train_state_shardings)
+from cwm_jax.train import (OptimizerConfig, TrainState, abstract_train_state, make_optimizer,
+                           train_state_shardings)
 from cwm_jax.train.checkpoint import Checkpoints, load_params
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -29,20 +29,16 @@ DATA_STATE = {"grain": {"next_index": 2**40 + 3, "weights": [0.1, 1 / 3, -2.5e-3
 IDENTITY = {"model_config": CFG.to_dict(), "stage": "pretrain", "name": "run"}
 
 
-def perturbed_state(mesh=None, seed=0, step=7) -> TrainState:
-  """A state whose every leaf (Adam moments included) holds distinct random
-  values, placed with the shardings `init_train_state` gives."""
-  state = init_train_state(CFG, OPT, jax.random.key(seed), mesh=mesh)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  new = []
-  for x, k in zip(leaves, keys):
-    if jnp.issubdtype(x.dtype, jnp.floating):
-      y = jax.random.normal(k, x.shape, x.dtype)
-    else:
-      y = jnp.full(x.shape, step, x.dtype)
-    new.append(jax.device_put(y, x.sharding))
-  return jax.tree.unflatten(treedef, new)
+def perturbed_state(mesh=None, seed=0) -> TrainState:
+  """A train state whose every leaf (Adam moments and step included) holds
+  random values, placed with the state's shardings on `mesh` (or on one device)."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(x):
+    host = (rng.standard_normal(x.shape) * 100).astype(x.dtype)
+    return jax.device_put(host, x.sharding if mesh is not None else jax.devices()[0])
+
+  return jax.tree.map(leaf, abstract(mesh))
 
 
 def abstract(mesh=None) -> TrainState:
@@ -305,3 +301,76 @@ def test_load_params_rejects_configs_that_change_the_weights(saved_run, change, 
 def test_load_params_clear_error_for_a_non_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="holds no checkpoint: expected a training workdir"):
     load_params(str(tmp_path))
+
+
+TWO_PROCESS_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from cwm_jax.sharding.distributed import initialize_distributed
+    coordinator, process_id, directory, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    initialize_distributed(coordinator, 2, process_id)
+    from cwm_jax.model import get_preset
+    from cwm_jax.sharding import MeshConfig, make_mesh
+    from cwm_jax.train import (OptimizerConfig, abstract_train_state, make_optimizer,
+                               train_state_shardings)
+    from cwm_jax.train.checkpoint import Checkpoints
+    cfg = get_preset("tiny", vocab_size=128, d_model=32, n_layers=2, scan_period=2,
+                     layer_types=("global", "local"), n_heads=4, n_kv_heads=2, head_dim=8,
+                     mlp_dim=64, window=8)
+    opt = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=2, total_steps=100))
+    mesh = make_mesh(MeshConfig(data=2, fsdp=4))          # spans both processes
+    shardings = train_state_shardings(mesh, cfg, opt)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_train_state(cfg, opt), shardings)
+
+    rng = np.random.default_rng(1)  # same values in both processes, no compilation
+    hosts = [rng.standard_normal(x.shape).astype(x.dtype) for x in jax.tree.leaves(abstract)]
+    state = jax.tree.unflatten(jax.tree.structure(abstract), [
+        jax.make_array_from_callback(x.shape, x.sharding, lambda idx, h=h: h[idx])
+        for x, h in zip(jax.tree.leaves(abstract), hosts)])
+    with Checkpoints(directory) as ckpts:
+      ckpts.save(3, state, data_state={"process": process_id, "rows": [8 * process_id, 8]},
+                 rng=jax.random.key(9))
+    r = Checkpoints(directory).restore(abstract)
+    exact = all(sa.index == sb.index and np.array_equal(sa.data, sb.data)
+                for a, b in zip(jax.tree.leaves(r.state), jax.tree.leaves(state))
+                for sa, sb in zip(a.addressable_shards, b.addressable_shards))
+    with open(out, "w") as f:
+      json.dump({"step": r.step, "data_state": r.data_state, "exact": exact,
+                 "rng": np.asarray(jax.random.key_data(r.rng)).tolist()}, f)
+    jax.distributed.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_save_and_restore_their_own_data_state(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    coordinator = f"localhost:{s.getsockname()[1]}"
+  env = {k: v for k, v in os.environ.items() if not k.startswith("CWM_")}
+  env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  outs = [tmp_path / f"p{i}.json" for i in range(2)]
+  logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESS_WORKER, coordinator, str(i),
+                             str(tmp_path / "ckpt"), str(outs[i])], env=env, cwd=REPO,
+                            stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  try:
+    for p, log in zip(procs, logs):
+      p.wait(timeout=240)
+      log.seek(0)
+      assert p.returncode == 0, log.read()[-4000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  results = [json.loads(o.read_text()) for o in outs]
+  for i, r in enumerate(results):
+    assert r["step"] == 3 and r["exact"]
+    assert r["data_state"] == {"process": i, "rows": [8 * i, 8]}
+    assert r["rng"] == np.asarray(jax.random.key_data(jax.random.key(9))).tolist()
+  data_dir = tmp_path / "ckpt" / "3" / "data_state"
+  assert sorted(p.name for p in data_dir.iterdir() if p.name.endswith(".json")) == [
+      "process_0.json", "process_1.json"]
