@@ -53,7 +53,10 @@ class SamplerTraceModel:
     if room < 1:
       raise TraceModelError(f"the trace is {len(prompt)} tokens long and the sampler holds "
                             f"{self.max_len}: no room for another frame (raise --max_len)")
-    result = self.sampler.generate([prompt], max_new_tokens=min(self.max_frame_tokens, room),
-                                   sampling=SamplingConfig.greedy_config(),
-                                   stop_token_ids=self.stop_ids)
+    try:
+      result = self.sampler.generate([prompt], max_new_tokens=min(self.max_frame_tokens, room),
+                                     sampling=SamplingConfig.greedy_config(),
+                                     stop_token_ids=self.stop_ids)
+    except ValueError as e:
+      raise TraceModelError(f"the sampler refused the trace prefix: {e}") from None
     return [int(i) for i in forced_ids] + [int(i) for i in result.tokens[0]]

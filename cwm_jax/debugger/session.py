@@ -35,8 +35,9 @@ Locals of call/line frames are the predicted state before the line; a return or
 exception frame shows none in the trace, so its state keeps the invocation's latest
 call/line locals (pdb would show them after the last line ran) plus `value`.
 
-Commands are atomic: when a prediction cannot be parsed or the model fails, the
-trace is cut back to where the command started and the error raised.
+Commands are atomic: when a prediction cannot be parsed, the model fails or the
+user interrupts, the trace is cut back to where the command started and the error
+raised.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ class NeuralDebugger:
         state = self._predict(forced)
         if state.ended or stop(state):
           return state
-    except (DebuggerError, TraceModelError):
+    except (DebuggerError, TraceModelError, KeyboardInterrupt):
       del self._history[start:]
       raise
 

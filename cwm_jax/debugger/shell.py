@@ -61,6 +61,8 @@ class DebuggerShell(cmd.Cmd):
       self.show(command(*args))
     except (DebuggerError, TraceModelError) as e:
       self.error(str(e))
+    except KeyboardInterrupt:
+      self.error("interrupted: nothing changed")
 
   def _no_args(self, name: str, arg: str) -> bool:
     if arg.strip():

@@ -18,6 +18,7 @@ from conftest import PROGRAMS
 from cwm_jax.convert import save_orbax
 from cwm_jax.debugger import cli
 from cwm_jax.debugger.loading import tokenizer_path_for
+from cwm_jax.debugger.model import TraceModelError
 from cwm_jax.debugger.sampler_model import SamplerTraceModel
 from cwm_jax.debugger.session import DebuggerError, NeuralDebugger, PredictionError
 from cwm_jax.debugger.shell import run_shell
@@ -67,6 +68,11 @@ def test_sampler_frame_is_greedy_and_keeps_forced_tokens(tiny, tokenizer, sample
   assert all(t not in sampler_model.stop_ids for t in generated[:-1])
   assert generated == naive_greedy(cfg, params, prompt + forced, len(generated))
   assert sampler_model.continue_frame(prompt, forced) == ids
+
+
+def test_sampler_reports_a_full_cache(sampler_model, tokenizer):
+  with pytest.raises(TraceModelError, match="no room for another frame"):
+    sampler_model.continue_frame([tokenizer.bos_id] * MAX_LEN)
 
 
 def test_session_on_a_random_model_never_crashes(sampler_model, tokenizer):

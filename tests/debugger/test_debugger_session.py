@@ -153,9 +153,8 @@ def test_print_shows_the_true_resolved_locals(make_debugger, true_traces):
     debugger.print("nope")
 
 
-def test_trace_ids_resolve_dots(make_debugger, true_traces, tokenizer):
+def test_trace_ids_resolve_dots(make_debugger, tokenizer):
   """The true trace writes ".." for unchanged locals; the states hold full values."""
-  trace = true_traces["loops"]
   debugger = make_debugger("loops")
   states = run_to_end(debugger)
   text = tokenizer.decode(debugger.trace_ids)
@@ -230,6 +229,20 @@ def test_unparseable_prediction_is_reported_and_rolled_back(make_debugger, token
     truth = run_to_end(make_debugger("loops"))
     assert debugger.out() == next(s for s in truth[4:] if s.event == "return" and
                                   s.depth == truth[3].depth), case
+
+
+def test_interrupt_rolls_back(make_debugger, tokenizer, true_traces):
+  def interrupt(ids):
+    raise KeyboardInterrupt
+
+  replay = ReplayTraceModel(tokenizer, true_traces["loops"])
+  debugger = make_debugger("loops", _Corrupting(replay, 7, interrupt))
+  for _ in range(4):
+    debugger.step()
+  before = (debugger.state, debugger.trace_ids)
+  with pytest.raises(KeyboardInterrupt):
+    debugger.cont()
+  assert (debugger.state, debugger.trace_ids) == before
 
 
 def test_model_ending_the_trace_early(make_debugger, tokenizer, true_traces):
