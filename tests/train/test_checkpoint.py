@@ -122,6 +122,19 @@ def test_save_skips_existing_steps_unless_forced(tmp_path):
     assert ckpts.all_steps() == [2]
 
 
+def test_read_only_leaves_another_runs_directory_alone(tmp_path):
+  with Checkpoints(str(tmp_path)) as ckpts:
+    ckpts.save(1, small_state(1), data_state=None, rng=None)
+  in_flight = tmp_path / "2.orbax-checkpoint-tmp-123"  # that run is saving step 2 right now
+  in_flight.mkdir()
+  reader = Checkpoints(str(tmp_path), read_only=True, identity={"name": "other"})
+  assert reader.restore(SMALL_ABSTRACT).step == 1
+  with pytest.raises(ValueError, match="read_only=True"):
+    reader.save(2, small_state(2), data_state=None, rng=None)
+  reader.close()
+  assert in_flight.exists() and not (tmp_path / "identity.json").exists()
+
+
 def test_identity_mismatch_names_the_keys(tmp_path):
   with Checkpoints(str(tmp_path), identity=IDENTITY) as ckpts:
     ckpts.save(1, small_state(1), data_state=None, rng=None)

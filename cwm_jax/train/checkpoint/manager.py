@@ -140,7 +140,7 @@ class Checkpoints:
   def __init__(self, directory: str, *, keep_last: Optional[int] = 3,
                keep_every: Optional[int] = None, async_save: bool = True,
                identity: Optional[dict] = None,
-               model_config: Union[ModelConfig, dict, None] = None):
+               model_config: Union[ModelConfig, dict, None] = None, read_only: bool = False):
     for name, value in (("keep_last", keep_last), ("keep_every", keep_every)):
       if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
         raise ValueError(f"Checkpoints: {name}={value!r}, expected a positive integer or None.")
@@ -153,12 +153,17 @@ class Checkpoints:
     policies = [preservation.LatestN(keep_last)]
     if keep_every is not None:
       policies.append(preservation.EveryNSteps(keep_every))
+    # read_only (another run's directory, e.g. init_from): no temp-dir cleanup
+    # (that run may be saving right now), no identity written, no saves.
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+        read_only=read_only, create=not read_only,
         preservation_policy=preservation.AnyPreservationPolicy(policies))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=item_handlers())
-    identity_lib.check_and_store(self.directory, identity, bool(self.all_steps()))
+    if not read_only:
+      identity_lib.check_and_store(self.directory, identity, bool(self.all_steps()))
     self._unreadable: set[int] = set()   # steps that failed to restore in this session
 
   def latest_step(self) -> Optional[int]:
@@ -174,6 +179,8 @@ class Checkpoints:
     from). `force=True` deletes those later steps first, to branch from an
     older step; steps that failed to restore in this session are deleted
     without it. When to save is the caller's decision."""
+    if self.read_only:
+      raise ValueError(f"Checkpoints.save: {self.directory} was opened with read_only=True.")
     step = int(step)
     if step < 0:
       raise ValueError(f"Checkpoints.save: step={step}, expected >= 0.")
@@ -267,6 +274,12 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    # Orbax removes a dead run's temporary directories in the background and
+    # waits for that only in save(); wait here too, or an exit right after
+    # opening kills the cleanup half-way (and logs a traceback).
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self._manager.close()
 
   def __enter__(self) -> "Checkpoints":
