@@ -28,7 +28,7 @@ from etils import epath
 from cwm_jax.convert.orbax_io import CONFIG_FILE, PARAMS_DIR, load_orbax, load_orbax_config
 from cwm_jax.model.config import ModelConfig
 from cwm_jax.model.params import abstract_params, check_params
-from cwm_jax.train.checkpoint.manager import META, META_FILE, PARAMS, item_handlers
+from cwm_jax.train.checkpoint.manager import META, META_FILE, PARAMS, Checkpoints, item_handlers
 
 WEIGHT_NEUTRAL = ("rope_theta", "rope_scaling", "max_seq_len", "init_std", "param_dtype", "dtype",
                   "scan_layers", "scan_period", "remat", "remat_scope", "attention_impl",
@@ -112,10 +112,8 @@ def load_params(path: str, *, model_cfg: Optional[ModelConfig] = None, shardings
     return _restore_step_params(root, model_cfg, shardings, dtype)
   if (root / "checkpoints").is_dir():
     root = root / "checkpoints"
-  steps = sorted(ocp.CheckpointManager(
-      root, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers=item_handlers()).all_steps())
-  steps = [s for s in steps if _is_step_dir(root / str(s))]
+  with Checkpoints(str(root), read_only=True) as ckpts:
+    steps = [s for s in ckpts.all_steps() if _is_step_dir(root / str(s))]
   if not steps:
     raise FileNotFoundError(
         f"load_params: {path!r} holds no checkpoint: expected a training workdir, its checkpoints/ "
