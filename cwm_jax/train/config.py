@@ -211,6 +211,8 @@ def _model(d: Any) -> ModelConfig:
     raise ConfigError("config.model: expected a section with `preset` (tiny, cwm_150m, cwm_1b, "
                       "cwm_8b, cwm_32b) and optional ModelConfig field overrides.")
   overrides = {k: v for k, v in d.items() if k != "preset"}
+  if overrides.get("layer_types", ()) is None:
+    del overrides["layer_types"]  # CWM's 3:1 pattern for n_layers
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(overrides) - known)
   if unknown:

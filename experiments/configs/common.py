@@ -57,11 +57,16 @@ def parse_arg(arg: str | None) -> tuple[str, dict]:
 
 
 def model_config(variant: str, **overrides) -> ml_collections.ConfigDict:
-  base = dict(TINY_MODEL) if variant == "tiny" else {"preset": variant}
-  if variant != "tiny":
-    base.update(remat="dots", attention_impl="auto")
-  base.update(overrides)
-  return ml_collections.ConfigDict(base)
+  """Every ModelConfig field of the variant's model, so `--config.model.X=...` can
+  override any of them. `layer_types` None means CWM's 3:1 pattern for n_layers."""
+  from cwm_jax.model.config import get_preset  # pylint: disable=import-outside-toplevel
+  changes = dict(TINY_MODEL) if variant == "tiny" else {"preset": variant, "remat": "dots"}
+  changes.update(overrides)
+  preset = changes.pop("preset")
+  rope = changes.pop("rope_scaling", None)
+  fields = get_preset(preset, **changes).to_dict()
+  fields.update(preset=preset, layer_types=None, rope_scaling=rope)
+  return ml_collections.ConfigDict(fields)
 
 
 def source(name: str, paths, kind: str, weight: float = 1.0) -> dict:
