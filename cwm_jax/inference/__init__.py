@@ -7,6 +7,7 @@
 """
 
 from cwm_jax.inference.cache import KVCache, cache_bytes, cache_shapes, init_cache
+from cwm_jax.inference.chat import ChatResult, chat, chat_batch, chat_prompt, parse_reply, tool_message
 from cwm_jax.inference.decode import decode_step, prefill
 from cwm_jax.inference.sampler import (GREEDY, GenerationResult, Sampler, check_tokenizer,
                                        compile_count, generate)

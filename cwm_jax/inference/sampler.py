@@ -187,11 +187,10 @@ class Sampler:
       return jnp.asarray(x)
     return jax.device_put(x, NamedSharding(self.mesh, logical_to_spec(axes, self.mesh)))
 
-  def _pad_batch(self, prompts: list[np.ndarray], length_multiple: int = 1):
+  def _pad_batch(self, prompts: list[np.ndarray]):
     """Right-padded [B, T] tokens (zeros) and lengths; padding rows are one token long."""
     n_rows = bucket(len(prompts), multiple=self._batch_shards)
-    T = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
-    T = min(-(-T // length_multiple) * length_multiple, self.max_len)
+    T = bucket(max(len(p) for p in prompts), self.min_prompt_bucket, cap=self.max_len)
     tokens = np.zeros((n_rows, T), np.int32)
     lengths = np.ones((n_rows,), np.int32)
     for b, p in enumerate(prompts):
@@ -275,7 +274,7 @@ class Sampler:
           # Dispatch the next step before reading this one's tokens on the host.
           cache, *following = _DECODE(self.params, cache, pending[0], keys_B,
                                       jnp.int32(step), *knobs, **static)
-        if consume(*pending):
+        if consume(*pending):  # always true at the last step: every row is at its budget
           break
         pending = following
 

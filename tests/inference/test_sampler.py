@@ -4,7 +4,10 @@ import jax
 import numpy as np
 import pytest
 
+from jax.sharding import PartitionSpec as P
+
 from cwm_jax.inference import Sampler, SamplingConfig, compile_count, generate
+from cwm_jax.inference import sampler as sampler_lib
 from cwm_jax.inference.stopping import decode_text
 from cwm_jax.model import abstract_params, get_preset
 from cwm_jax.sharding import MeshConfig, make_mesh
@@ -113,6 +116,15 @@ def test_sharded_equals_unsharded(model, sampler):
   assert ours.tokens == ref.tokens
   for a, b in zip(ours.logprobs, ref.logprobs):
     np.testing.assert_allclose(a, b, atol=1e-4)
+  # The cache is split like the activations: batch over data, KV heads over tensor.
+  tokens, lengths = sharded._pad_batch([np.asarray(p, np.int32) for p in prompts])
+  with jax.set_mesh(mesh):
+    cache = sampler_lib._PREFILL(
+        sharded.params, sharded._put(tokens, ("batch", None)), sharded._put(lengths, ("batch",)),
+        sampler_lib._row_keys(0, 3, 4), 1.0, 0, 1.0, cfg=cfg, cache_len=32, greedy=True,
+        filtered=False)[0]
+  for a in (cache.global_k, cache.local_v):
+    assert a.sharding.spec == P(None, "data", None, "tensor", None)
 
 
 def test_generate_wrapper(model, sampler):
