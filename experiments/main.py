@@ -45,6 +45,8 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from cwm_jax.train.config import ConfigError
+  from cwm_jax.train.logs import quiet_library_logs
+  quiet_library_logs()
   try:
     summary = run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:

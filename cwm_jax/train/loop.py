@@ -189,7 +189,7 @@ def _run(cfg, workdir, mesh, state, rng, data, ckpts, writer, shardings, schedul
     eval_pipeline = pipeline_config(cfg, eval_split=True)
     hooks.insert(0, HeldOutLoss(lambda: build_train_iterator(eval_pipeline),
                                 train_cfg.eval_batches, sums))
-  throughput = Throughput(cfg.model, cfg.data.seq_len, cfg.data.batch_size * cfg.data.seq_len)
+  throughput = Throughput(cfg.model, processes=jax.process_count())
   pending = _PendingMetrics(cfg, writer)
   b_sharding = batch_sharding(mesh)
   step = int(state.step)
@@ -213,6 +213,7 @@ def _run(cfg, workdir, mesh, state, rng, data, ckpts, writer, shardings, schedul
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
         profiling = True
       batch = next(data)
+      throughput.add_batch(batch)
       if jax.process_count() > 1:
         batch = global_batch({k: batch[k] for k in batch}, b_sharding)
       state, metrics = step_fn(state, batch)
