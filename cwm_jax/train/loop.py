@@ -25,7 +25,7 @@ from absl import logging
 
 from cwm_jax.sharding import make_mesh
 from cwm_jax.sharding.distributed import global_batch
-from cwm_jax.sharding.partition import batch_sharding
+from cwm_jax.sharding.partition import batch_sharding, check_batch_shape
 from cwm_jax.train.checkpoint import Checkpoints
 from cwm_jax.train.config import ConfigError, ExperimentConfig, pipeline_config
 from cwm_jax.train.evaluation import EvalHook, HeldOutLoss, jit_eval_sums
@@ -135,6 +135,10 @@ def train(cfg: ExperimentConfig, workdir: str,
   shardings = train_state_shardings(mesh, cfg.model, optimizer)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_train_state(cfg.model, optimizer), shardings)
+  try:
+    check_batch_shape(mesh, (cfg.data.batch_size, cfg.data.seq_len))
+  except ValueError as e:
+    raise ConfigError(f"config.data.batch_size / seq_len do not fit config.mesh: {e}") from None
   processes = jax.process_count()
   if cfg.data.batch_size % processes:
     raise ConfigError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "

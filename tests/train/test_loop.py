@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import os
 import pathlib
 import signal
@@ -274,8 +275,41 @@ def test_stage_transitions(data_dir, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_batch_that_does_not_split_over_the_mesh_is_a_config_error(data_dir, tmp_path):
+  with pytest.raises(ConfigError, match="config.data.batch_size"):
+    run(data_dir, tmp_path, 1, **{"data.batch_size": 4})  # 8 devices on the data axis
+
+
 def test_init_from_a_different_model_is_refused(data_dir, tmp_path):
   run(data_dir, tmp_path / "pre", 1)
   with pytest.raises(ConfigError, match="n_layers"):
     run(data_dir, tmp_path / "other", 1,
         **{"model.n_layers": 4, "init_from": str(tmp_path / "pre")})
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="the toy corpus traces in the sandbox")
+def test_sft_config_trains_on_assistant_turns_from_a_checkpoint(tmp_path):
+  """experiments/configs/sft.py:tiny on the toy corpus's chat data, from a checkpoint:
+  fresh optimizer (steps restart at 1), and only assistant tokens carry loss."""
+  from data_pipelines.toy_corpus import ToyCorpusConfig, build_toy_corpus
+  from experiments.configs import sft as sft_config
+  data = tmp_path / "data"
+  build_toy_corpus(str(data), ToyCorpusConfig(programs=30, heldout_fraction=0.2, vocab_size=800,
+                                              num_workers=1), log=lambda *_: None)
+  small = {k: v for k, v in SMALL.items() if k.startswith("model.")}
+  small.update({"model.vocab_size": 800, "data.seq_len": 256, "data.batch_size": 8,
+                "train.log_every": 1, "train.eval_every": 0, "train.eval_batches": 1,
+                "optimizer.warmup_steps": 1})
+  run_pre = make_config(data, {**small, "train.steps": 2, "optimizer.total_steps": 10})
+  loop_lib.train(experiment_config(run_pre), str(tmp_path / "pre"))
+  cfg = experiment_config(make_config(data, {**small, "train.steps": 2, "optimizer.total_steps": 10,
+                                             "init_from": str(tmp_path / "pre")},
+                                      module=sft_config))
+  assert {s.kind for s in cfg.data.sources} == {"chat", "trace"}
+  loop_lib.train(cfg, str(tmp_path / "sft"))
+  lines = [json.loads(l) for l in open(tmp_path / "sft" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [1, 2]
+  # Loss weight: next-token targets on assistant turns (and replayed traces' frames)
+  # only, so well under every position of the batch.
+  assert all(0 < l["n_tokens"] < 0.9 * 8 * 256 for l in lines)
+  assert all(np.isfinite(l["loss"]) for l in lines)
