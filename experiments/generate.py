@@ -95,6 +95,8 @@ def run() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; the prompt goes in --prompt.")
+  from cwm_jax.train.logs import quiet_library_logs  # pylint: disable=import-outside-toplevel
+  quiet_library_logs()  # Orbax logs every restore at INFO
   try:
     run()
   except (ValueError, FileNotFoundError) as e:
