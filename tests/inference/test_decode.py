@@ -3,7 +3,8 @@
 Every decode step's logits are compared with `transformer.forward` run on the
 prompt plus all tokens fed so far, for a batch of prompts of different
 lengths, decoding 3x past a small local window (so the ring buffer wraps
-several times), scanned (with an unscanned tail) and unscanned layer stacks.
+several times), scanned (with an unscanned tail) and unscanned layer stacks,
+and a window longer than the cache.
 """
 
 import functools
@@ -33,6 +34,8 @@ CONFIGS = {
         max_seq_len=256, scan_layers=False, rope_theta=10000.0, attention_impl="chunked",
         attention_chunk=4, rope_scaling=RopeScaling(4.0, 1.0, 4.0, 8)),
 }
+# A window longer than the cache: local layers get as many slots as global ones.
+CONFIGS["window_beyond_cache"] = CONFIGS["scanned_tail"].replace(window=100)
 PROMPT_LENGTHS = (3, 11, 1, 7)
 STEPS = 3 * WINDOW
 
@@ -72,7 +75,8 @@ def test_decode_logits_equal_forward_at_every_step(name):
 
   logits, cache = _prefill(params, jnp.asarray(tokens), lengths, cfg, cache_len)
   steps = [np.asarray(logits)]
-  assert cache.local_k.shape[2] == WINDOW and cache.global_k.shape[2] == cache_len
+  assert cache.local_k.shape[2] == min(cfg.window, cache_len)
+  assert cache.global_k.shape[2] == cache_len
   for n in range(STEPS - 1):
     logits, cache = _decode(params, cache, jnp.asarray(fed[:, n], jnp.int32), cfg)
     steps.append(np.asarray(logits))
