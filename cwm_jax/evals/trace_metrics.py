@@ -16,7 +16,10 @@ Full generation (one greedy completion per trace, prompt =
   see cruxeval.py).
 - valid trace format: prompt + completion (through <|end_of_text|>) parses with the
   strict parser (parse.py): a complete trace in canonical form whose every
-  SOURCE_LINE is a line of CONTEXT.
+  SOURCE_LINE is a line of CONTEXT; and it is the trace of one call of the entry
+  function: it starts with a call frame, calls and returns nest (depth never below
+  zero) and the last frame is the return that brings the depth back to zero (an
+  immediate <|end_of_text|> parses, but is no trace).
 
 Teacher-forced next frame (for frames k = 0..len-1, or a seeded sample of
 `frames_per_trace` of them): prompt = the prompt plus the true frames < k (token
@@ -108,6 +111,25 @@ def final_return_value(completion: str) -> str | None:
   except ValueError:
     return None
   return value if isinstance(value, str) else None
+
+
+def structure_error(trace: Trace) -> str:
+  """Why a parsed trace is not one call of the entry function ("" when it is)."""
+  if not trace.frames or not isinstance(trace.frames[0], CallFrame):
+    return "the trace does not start with a call frame"
+  depth = 0
+  for i, frame in enumerate(trace.frames):
+    if isinstance(frame, CallFrame):
+      depth += 1
+    elif isinstance(frame, ReturnFrame):
+      depth -= 1
+      if depth < 0:
+        return f"frame {i}: a return without a matching call"
+      if depth == 0 and i != len(trace.frames) - 1:
+        return f"frame {i}: the entry function returned before the trace ends"
+  if depth != 0 or not isinstance(trace.frames[-1], ReturnFrame):
+    return "the trace ends before the entry function returns"
+  return ""
 
 
 def baselines(frames) -> list[dict[str, str] | None]:
@@ -234,10 +256,10 @@ def evaluate_traces(completer: Completer, traces: Sequence[Trace], *,
     for row, trace, (completion,) in zip(rows, traces, outs):
       text = format_trace_prompt(trace.context) + through_eos(completion)
       try:
-        parse_trace(text)
-        row["valid_format"], row["format_error"] = True, ""
+        error = structure_error(parse_trace(text))
       except TraceParseError as e:
-        row["valid_format"], row["format_error"] = False, str(e)[:300]
+        error = str(e)[:300]
+      row["valid_format"], row["format_error"] = not error, error
       row["output"] = final_return_value(completion)
       row["output_correct"] = row["output"] is not None and row["output"] == trace.return_value
       row["completion"] = completion

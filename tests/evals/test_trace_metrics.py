@@ -166,3 +166,33 @@ def test_frames_per_trace_samples_a_seeded_subset(traces, tokenizer, trace_oracl
 ])
 def test_final_return_value(completion, expected):
   assert tm.final_return_value(completion) == expected
+
+
+@pytest.mark.parametrize("cut", ["empty", "after_first_frame", "early_return"])
+def test_incomplete_or_unbalanced_traces_are_not_valid_format(traces, tokenizer, cut):
+  """Texts that parse but are not one call of the entry function: an immediate
+  <|end_of_text|>, a trace stopped after its first frame, the entry's return moved up."""
+  from data_pipelines.traces.format import format_frames
+  from data_pipelines.traces.frames import ReturnFrame, Trace
+
+  class Fixed:
+    def __init__(self, texts):
+      self.texts, self.tokenizer = texts, tokenizer
+
+    def complete(self, prompts, *, n=1, **kw):
+      return [[t] * n for t in self.texts[:len(prompts)]]
+
+  picked = [t for t in traces if len(t.frames) >= 4][:5]
+  texts = []
+  for t in picked:
+    if cut == "empty":
+      frames = ()
+    elif cut == "after_first_frame":
+      frames = t.frames[:1]
+    else:  # the final return right after the call: nothing wrong in the text's syntax
+      frames = (t.frames[0], t.frames[-1]) + tuple(t.frames[1:-1])
+    texts.append(format_frames(frames) + st.EOS)
+  summary, rows = tm.evaluate_traces(Fixed(texts), picked, config=tm.TraceEvalConfig(
+      teacher_forced=False, max_new_tokens=10_000))
+  assert summary["valid_format"] == 0.0, [r["format_error"] for r in rows]
+  assert all(r["format_error"] for r in rows)
