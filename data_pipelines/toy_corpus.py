@@ -43,9 +43,9 @@ class ToyCorpusConfig:
   programs: int = 3000
   heldout_fraction: float = 0.05
   seed: int = 0
-  max_depth: int = 1
-  max_helpers: int = 1
-  max_events: int = 150       # longer traces are dropped (counted as too_long)
+  max_depth: int = 0
+  max_helpers: int = 0
+  max_events: int = 60        # longer traces are dropped (counted as too_long)
   vocab_size: int = 2048
   num_workers: int = 2
 

@@ -52,7 +52,7 @@ def _print_sample(i: int, n: int, reason: str, n_tokens: int, body: str) -> None
 
 
 def run() -> None:
-  from cwm_jax.debugger.loading import tokenizer_path_for  # pylint: disable=import-outside-toplevel
+  from cwm_jax.inference.loading import tokenizer_path_for  # pylint: disable=import-outside-toplevel
   from cwm_jax.inference import Sampler, SamplingConfig, check_tokenizer  # pylint: disable=import-outside-toplevel
   from cwm_jax.inference.chat import chat_batch  # pylint: disable=import-outside-toplevel
   from cwm_jax.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel

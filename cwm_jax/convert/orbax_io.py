@@ -90,6 +90,16 @@ def _restore_leaf_by_leaf(ckpt: str, target: dict, restore_args: dict) -> dict:
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), out)
 
 
+def params_restore_args(target, shardings=None):
+  """Orbax restore args for a params tree: host numpy arrays, or jax arrays placed
+  with `shardings` (a matching tree), in each target leaf's dtype."""
+  if shardings is None:
+    return jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), target)
+  return jax.tree.map(
+      lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape, dtype=a.dtype),
+      target, shardings)
+
+
 def load_orbax(path: str, dtype: Optional[str] = None, shardings=None) -> tuple[ModelConfig, dict]:
   """(config, params) from `save_orbax`'s directory.
 
@@ -114,13 +124,7 @@ def load_orbax(path: str, dtype: Optional[str] = None, shardings=None) -> tuple[
   else:
     config = config.replace(param_dtype=dtype, dtype=dtype)
   target = abstract_params(config)
-  if shardings is None:
-    restore_args = jax.tree.map(
-        lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), target)
-  else:
-    restore_args = jax.tree.map(
-        lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape, dtype=a.dtype),
-        target, shardings)
+  restore_args = params_restore_args(target, shardings)
   try:
     params = _restore_leaf_by_leaf(ckpt, target, restore_args)
   except Exception as e:

@@ -6,7 +6,6 @@
   context.py        source (+ call) -> trace CONTEXT; predicted lines -> line numbers
   session.py        `NeuralDebugger` (step/next/out/cont/back/reset/print), `DebuggerState`
   shell.py          the pdb-style interactive shell
-  loading.py        checkpoint + tokenizer of a session
   cli.py            `python -m experiments.debugger`
 """
 

@@ -22,7 +22,7 @@ from typing import TextIO
 from absl import logging
 
 from cwm_jax.debugger.context import SourceError, make_context
-from cwm_jax.debugger.loading import load_session_parts
+from cwm_jax.inference.loading import load_model_and_tokenizer
 from cwm_jax.debugger.sampler_model import (DEFAULT_MAX_FRAME_TOKENS, DEFAULT_MAX_LEN,
                                             SamplerTraceModel)
 from cwm_jax.debugger.session import NeuralDebugger
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
-    config, params, tokenizer = load_session_parts(args.checkpoint, args.hf_dir, args.tokenizer)
+    config, params, tokenizer = load_model_and_tokenizer(args.checkpoint, args.hf_dir, args.tokenizer)
     model = SamplerTraceModel.from_params(config, params, tokenizer, max_len=args.max_len,
                                           max_frame_tokens=args.max_frame_tokens)
   except (OSError, ValueError) as e:

@@ -45,9 +45,12 @@ def load_completer(cfg: EvalConfig) -> SamplerCompleter:
   from cwm_jax.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
   if not (cfg.checkpoint or cfg.hf_dir):
     raise ConfigError("config.checkpoint or config.hf_dir: give the model to evaluate")
-  tokenizer_path = cfg.tokenizer or (os.path.join(cfg.hf_dir, "tokenizer.model")
-                                     if cfg.hf_dir else "")
-  if not tokenizer_path or not os.path.exists(tokenizer_path):
+  from cwm_jax.inference.loading import tokenizer_path_for  # pylint: disable=import-outside-toplevel
+  try:
+    tokenizer_path = cfg.tokenizer or tokenizer_path_for(cfg.checkpoint or None, cfg.hf_dir or None)
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(f"config.tokenizer: {e}") from None
+  if not os.path.exists(tokenizer_path):
     raise ConfigError(f"config.tokenizer={tokenizer_path!r}: expected the tokenizer file the "
                       "model was trained with")
   tokenizer = load_tokenizer(tokenizer_path)

@@ -1,4 +1,5 @@
-"""The model and tokenizer of a debugging session, from a checkpoint directory.
+"""A model and its tokenizer from a checkpoint directory, for generation, the debugger
+and evals.
 
 `--checkpoint` accepts what `cwm_jax.train.checkpoint.load_params` accepts (a
 training workdir, its `checkpoints/` directory, one step directory, or a directory
@@ -70,7 +71,7 @@ def _training_tokenizer(config_file: str) -> str | None:
   return path if isinstance(path, str) and path else None
 
 
-def load_session_parts(checkpoint: str | None, hf_dir: str | None, tokenizer: str | None
+def load_model_and_tokenizer(checkpoint: str | None, hf_dir: str | None, tokenizer: str | None
                        ) -> tuple[ModelConfig, dict, Tokenizer]:
   """(config, params, tokenizer), tokenizer resolved as the module docstring says."""
   _check_one(checkpoint, hf_dir)

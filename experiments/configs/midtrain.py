@@ -14,25 +14,19 @@ sequence split over the `context` mesh axis.
 
 from experiments.configs import common
 
-# Llama-3 scaling as released (factor 16 over the 8k pretraining context); `tiny`
-# pretrains at 256 tokens, so its original context is 256.
-ROPE = dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_positions=8192)
-
 
 def get_config(arg=None):
   variant, opt = common.parse_arg(arg)
   d = opt["data_dir"]
+  model = common.long_context_model(variant)
   if variant == "tiny":
-    model = common.model_config(variant, max_seq_len=4096,
-                                rope_scaling=dict(ROPE, factor=4.0, original_max_positions=256))
-    data = dict(tokenizer_path=f"{d}/tokenizer.model", seq_len=1024, batch_size=8,
+    data = dict(tokenizer_path=f"{d}/tokenizer.model", seq_len=1024, batch_size=2,
                 sources=[common.source("traces", f"{d}/traces.jsonl", "trace", 0.6),
                          common.source("code", f"{d}/code.jsonl", "text", 0.4)],
                 eval_sources=[common.source("traces_heldout", f"{d}/traces_heldout.jsonl",
                                             "trace")])
     context = 1
   else:
-    model = common.model_config(variant, max_seq_len=131072, rope_scaling=ROPE)
     data = dict(tokenizer_path=f"{d}/tokenizer.model", seq_len=131072,
                 batch_size={"cwm_1b": 16, "cwm_8b": 32, "cwm_32b": 32}[variant],
                 sources=[common.source("traces", f"{d}/traces/*.array_record", "trace", 0.2),

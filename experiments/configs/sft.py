@@ -11,21 +11,18 @@ return" dialogs with 30% trace replay at 1,024 tokens, large variants 32,768 tok
 """
 
 from experiments.configs import common
-from experiments.configs.midtrain import ROPE
 
 
 def get_config(arg=None):
   variant, opt = common.parse_arg(arg)
   d = opt["data_dir"]
+  model = common.long_context_model(variant)
   if variant == "tiny":
-    model = common.model_config(variant, max_seq_len=4096,
-                                rope_scaling=dict(ROPE, factor=4.0, original_max_positions=256))
     data = dict(tokenizer_path=f"{d}/tokenizer.model", seq_len=1024, batch_size=8,
                 sources=[common.source("chat", f"{d}/chat.jsonl", "chat", 0.7),
                          common.source("replay", f"{d}/traces.jsonl", "trace", 0.3)],
                 eval_sources=[common.source("chat_heldout", f"{d}/chat_heldout.jsonl", "chat")])
   else:
-    model = common.model_config(variant, max_seq_len=131072, rope_scaling=ROPE)
     data = dict(tokenizer_path=f"{d}/tokenizer.model", seq_len=32768,
                 batch_size={"cwm_1b": 32, "cwm_8b": 64, "cwm_32b": 128}[variant],
                 sources=[common.source("sft", f"{d}/sft/*.array_record", "chat", 0.5),

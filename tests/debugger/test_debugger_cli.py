@@ -17,7 +17,7 @@ from conftest import PROGRAMS
 
 from cwm_jax.convert import save_orbax
 from cwm_jax.debugger import cli
-from cwm_jax.debugger.loading import tokenizer_path_for
+from cwm_jax.inference.loading import tokenizer_path_for
 from cwm_jax.debugger.model import TraceModelError
 from cwm_jax.debugger.sampler_model import SamplerTraceModel
 from cwm_jax.debugger.session import DebuggerError, NeuralDebugger, PredictionError

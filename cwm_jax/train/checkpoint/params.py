@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cwm_jax.convert.orbax_io import CONFIG_FILE, PARAMS_DIR, load_orbax, load_orbax_config
+from cwm_jax.convert.orbax_io import (CONFIG_FILE, PARAMS_DIR, load_orbax, load_orbax_config,
+                                     params_restore_args)
 from cwm_jax.model.config import ModelConfig
 from cwm_jax.model.params import abstract_params, check_params
 from cwm_jax.train.checkpoint.manager import META, META_FILE, PARAMS, Checkpoints, item_handlers
@@ -73,13 +74,7 @@ def _restore_step_params(step_dir: epath.Path, model_cfg, shardings, dtype):
   stored = None if stored is None else ModelConfig.from_dict(stored)
   config = _result_config(stored, model_cfg, dtype, f"checkpoint {step_dir}")
   target = abstract_params(config)
-  if shardings is None:
-    restore_args = jax.tree.map(
-        lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), target)
-  else:
-    restore_args = jax.tree.map(
-        lambda a, s: ocp.ArrayRestoreArgs(sharding=s, global_shape=a.shape, dtype=a.dtype),
-        target, shardings)
+  restore_args = params_restore_args(target, shardings)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     params = checkpointer.restore(step_dir / PARAMS, args=ocp.args.PyTreeRestore(
         target, restore_args=restore_args))
