@@ -63,8 +63,16 @@ def read_source(path: str) -> str:
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None,
          stdout: TextIO | None = None) -> int:
-  args = parse_args(argv)
+  absl_logger = logging.get_absl_logger()
+  previous = absl_logger.level  # the logger's own level (often NOTSET), not the effective one
   logging.set_verbosity(logging.ERROR)  # Orbax reports every restore at INFO/WARNING
+  try:
+    return _main(parse_args(argv), stdin, stdout)
+  finally:
+    absl_logger.setLevel(previous)  # callers in the same process keep their logging
+
+
+def _main(args, stdin: TextIO | None, stdout: TextIO | None) -> int:
   stdout = stdout or sys.stdout
   stdin = stdin if stdin is not None else (None if sys.stdin.isatty() else sys.stdin)
   name = os.path.basename(args.source)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import PROGRAMS
+from tests.debugger.conftest import PROGRAMS
 
 from cwm_jax.convert import save_orbax
 from cwm_jax.debugger import cli

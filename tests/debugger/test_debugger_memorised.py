@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import PROGRAMS
+from tests.debugger.conftest import PROGRAMS
 
 from cwm_jax.debugger.replay import ReplayTraceModel
 from cwm_jax.debugger.sampler_model import SamplerTraceModel

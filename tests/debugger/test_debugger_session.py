@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ALL_PROGRAMS, PROGRAMS, offset_of
+from tests.debugger.conftest import ALL_PROGRAMS, PROGRAMS, offset_of
 
 from cwm_jax.debugger.model import ForcedTokensRejected, TraceModelError
 from cwm_jax.debugger.replay import ReplayTraceModel

@@ -15,7 +15,7 @@ from cwm_jax.evals.data import load_humaneval, load_mbpp
 from cwm_jax.evals.execution import ExecutionConfig, run_checks
 from cwm_jax.evals.passk import mean_pass_at_k, pass_at_k
 
-from conftest import dev_file
+from tests.evals.conftest import dev_file
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 37, 200])

@@ -10,7 +10,7 @@ from data_pipelines.traces import executors
 from data_pipelines.traces.sources import cruxeval_requests
 from data_pipelines.traces.trace import trace_requests
 
-from conftest import dev_file
+from tests.evals.conftest import dev_file
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from cwm_jax.evals import data
 
-from conftest import dev_file
+from tests.evals.conftest import dev_file
 
 DEV = {"humaneval": ("humaneval_dev.jsonl", 40), "mbpp": ("mbpp_dev.jsonl", 100),
        "cruxeval": ("cruxeval_dev.jsonl", 200), "math500": ("math500_dev.jsonl", 100)}

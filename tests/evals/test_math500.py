@@ -10,7 +10,7 @@ import pytest
 from cwm_jax.evals import latex_sympy, math500
 from cwm_jax.evals.data import load_math500
 
-from conftest import dev_file
+from tests.evals.conftest import dev_file
 
 
 @pytest.fixture(scope="module")

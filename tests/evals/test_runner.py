@@ -16,7 +16,7 @@ from data_pipelines.traces import executors
 from data_pipelines.traces.trace import trace_context
 from experiments.configs import eval as eval_configs
 
-from conftest import TraceOracle, dev_file
+from tests.evals.conftest import TraceOracle, dev_file
 
 BOS = "<|begin_of_text|>"
 

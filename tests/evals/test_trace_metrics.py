@@ -15,7 +15,7 @@ from data_pipelines.traces import executors
 from data_pipelines.traces.sources import cruxeval_requests
 from data_pipelines.traces.trace import trace_requests
 
-from conftest import dev_file
+from tests.evals.conftest import dev_file
 
 ALL = ("output_accuracy", "valid_format", "state_exact_match", "action_exact_match",
        "valid_json", "key_match", "key_value_match")
