@@ -54,5 +54,21 @@ def main(argv) -> None:
   print(json.dumps(summary, default=str))
 
 
+def parse_flags(argv):
+  """absl flag parsing, with a bad `--config.x=...` (unknown key, wrong type, bad
+  config file) reported in one line instead of ml_collections' traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e)
+    if "Traceback (most recent call last)" in message:  # a config file's own error
+      lines = [line.strip() for line in message.splitlines() if line.strip()]
+      message = message.split("Traceback")[0].strip() + " " + lines[-1]
+    message = message.replace("\\n", " ").replace("\\'", "'").replace("\n", " ").strip("'\" ")
+    if isinstance(e, (AttributeError, KeyError)):
+      message = "unknown config key: " + message.replace("'", "")
+    sys.exit(f"error: {message}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
