@@ -30,11 +30,7 @@ from cwm_jax.sharding.mesh import MeshConfig
 from cwm_jax.train.optimizer import OptimizerConfig
 
 STAGES = ("pretrain", "midtrain", "sft")
-# ModelConfig fields that decide the parameters' shapes and meaning; the others
-# (RoPE scaling, max_seq_len, remat, attention backend, compute dtype) may change
-# between stages and between a run and its resume.
-WEIGHT_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                 "mlp_dim", "layer_types", "param_dtype")
+
 NAN_POLICIES = ("skip", "stop")
 
 
@@ -112,9 +108,12 @@ class ExperimentConfig:
 
   def identity(self) -> dict:
     """What a workdir's checkpoints must match to be resumed by this config."""
+    # Fields that leave the weights valid (RoPE scaling, lengths, remat, backend,
+    # dtypes) may change between stages and between a run and its resume.
+    from cwm_jax.train.checkpoint import WEIGHT_NEUTRAL  # pylint: disable=import-outside-toplevel
     model = self.model.to_dict()
     return {"name": self.name, "stage": self.stage,
-            "model": {k: model[k] for k in WEIGHT_FIELDS}}
+            "model": {k: v for k, v in model.items() if k not in WEIGHT_NEUTRAL}}
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)

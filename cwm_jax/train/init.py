@@ -20,8 +20,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from cwm_jax.model.config import ModelConfig
-from cwm_jax.model.params import abstract_params
-from cwm_jax.train.config import WEIGHT_FIELDS, ConfigError, ExperimentConfig
+from cwm_jax.train.checkpoint import Checkpoints, check_compatible, load_params
+from cwm_jax.train.config import ConfigError, ExperimentConfig
 from cwm_jax.train.state import TrainState, init_train_state
 
 
@@ -36,25 +36,11 @@ def checkpoints_dir(path: str) -> str:
   return sub if os.path.isdir(sub) else path
 
 
-def check_compatible(source: ModelConfig, target: ModelConfig, what: str) -> None:
-  """Raises ConfigError when weights of `source` cannot initialise `target`."""
-  diffs = {f: (getattr(source, f), getattr(target, f)) for f in WEIGHT_FIELDS
-           if getattr(source, f) != getattr(target, f) and f != "param_dtype"}
-  if diffs:
-    detail = "; ".join(f"{k}: {a!r} there vs {b!r} here" for k, (a, b) in diffs.items())
-    raise ConfigError(f"config.init_from={what!r} holds a different model ({detail}).")
-
-
-def _check_param_shapes(params: dict, cfg: ModelConfig, what: str) -> None:
-  want = abstract_params(cfg)
-  got_leaves = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path, spec in jax.tree_util.tree_flatten_with_path(want)[0]:
-    name = jax.tree_util.keystr(path)
-    if path not in got_leaves:
-      raise ConfigError(f"config.init_from={what!r}: parameter {name} is missing.")
-    if tuple(got_leaves[path].shape) != tuple(spec.shape):
-      raise ConfigError(f"config.init_from={what!r}: parameter {name} has shape "
-                        f"{tuple(got_leaves[path].shape)}, the model needs {tuple(spec.shape)}.")
+def _checked(source_cfg: ModelConfig, cfg: ModelConfig, path: str) -> None:
+  try:
+    check_compatible(source_cfg, cfg, path)
+  except ValueError as e:
+    raise ConfigError(f"config.init_from={path!r} holds a different model: {e}") from None
 
 
 def load_init_params(path: str, cfg: ModelConfig) -> dict:
@@ -63,15 +49,13 @@ def load_init_params(path: str, cfg: ModelConfig) -> dict:
     from cwm_jax.convert import load_hf_params  # pylint: disable=import-outside-toplevel
     source_cfg, params = load_hf_params(path, dtype=cfg.param_dtype)
   else:
-    from cwm_jax.train.checkpoint import load_params  # pylint: disable=import-outside-toplevel
     try:
-      source_cfg, params = load_params(path)
+      source_cfg, params = load_params(path, dtype=cfg.param_dtype)
     except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"config.init_from={path!r}: not a training checkpoint, an Orbax params "
                         f"dir or an HF safetensors dir ({e}).") from None
-  check_compatible(source_cfg, cfg, path)
-  _check_param_shapes(params, cfg, path)
-  return jax.tree.map(lambda x: np.asarray(x, dtype=cfg.param_dtype), params)
+  _checked(source_cfg, cfg, path)
+  return params
 
 
 def initial_state(cfg: ExperimentConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -81,13 +65,14 @@ def initial_state(cfg: ExperimentConfig, optimizer: optax.GradientTransformation
     logging.info("initialising %s from scratch (seed %d)", cfg.name, cfg.seed)
     return init_train_state(cfg.model, optimizer, jax.random.key(cfg.seed), mesh)
   if cfg.init_optimizer_state:
-    from cwm_jax.train.checkpoint import Checkpoints  # pylint: disable=import-outside-toplevel
     source = Checkpoints(checkpoints_dir(cfg.init_from), async_save=False, read_only=True)
     try:
       if source.latest_step() is None:
         raise ConfigError(f"config.init_from={cfg.init_from!r} holds no training checkpoint, so "
                           "config.init_optimizer_state=True has no optimizer state to take.")
-      load_init_params(cfg.init_from, cfg.model)  # config/shape checks with clear errors
+      stored = source.stored_model_config()
+      if stored is not None:  # otherwise restore's own shape check names the leaf
+        _checked(stored, cfg.model, cfg.init_from)  # reads no parameters
       restored = source.restore(abstract)
     finally:
       source.close()

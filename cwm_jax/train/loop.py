@@ -219,7 +219,7 @@ def _run(cfg, workdir, mesh, state, rng, data, ckpts, writer, shardings, schedul
       batch = next(data)
       throughput.add_batch(batch)
       if jax.process_count() > 1:
-        batch = global_batch({k: batch[k] for k in batch}, b_sharding)
+        batch = global_batch(batch, b_sharding)
       state, metrics = step_fn(state, batch)
       step += 1
       steps_since_log += 1

@@ -300,8 +300,8 @@ def test_load_params_sharded_cast_and_save_orbax_dir(saved_run, tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"vocab_size": 256}, r"param 'embed' has shape \(128, 32\) in checkpoint .* but model_cfg "
-                          r"expects \(256, 32\)"),
+    ({"vocab_size": 256}, r"model_cfg.vocab_size=256, but checkpoint .* was trained with "
+                          r"vocab_size=128"),
     ({"layer_types": ("local", "local")}, r"model_cfg.layer_types=\('local', 'local'\), but "
                                            r"checkpoint .* was trained with layer_types="
                                            r"\('global', 'local'\)"),
