@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
