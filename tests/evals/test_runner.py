@@ -100,8 +100,17 @@ class ReferenceModel(TraceOracle):
     raise AssertionError(f"unknown prompt {body[:80]!r}")
 
 
+def tiny_config():
+  """eval.py:tiny reading the dev files from where the other eval tests find them
+  (CWM_EVAL_DATA or ../shared/data); skipped when they are not there."""
+  config = eval_configs.get_config("tiny")
+  for name in ("humaneval", "mbpp", "cruxeval", "math500"):
+    config.data[name] = dev_file(f"{name}_dev.jsonl")
+  return config
+
+
 def test_tiny_run_with_a_reference_model_scores_one_everywhere(tmp_path, tokenizer, need_sandbox):
-  summary = runner.run_from_config(eval_configs.get_config("tiny"), str(tmp_path),
+  summary = runner.run_from_config(tiny_config(), str(tmp_path),
                                    completer=ReferenceModel(tokenizer))
   scores = {
       "cruxeval_o": summary["cruxeval_o"]["accuracy"],
@@ -142,7 +151,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_real_tiny_model_from_a_checkpoint(tiny_checkpoint, tmp_path, need_sandbox):
   ckpt, tok_path = tiny_checkpoint
-  config = eval_configs.get_config("tiny")
+  config = tiny_config()
   config.checkpoint, config.tokenizer = ckpt, tok_path
   config.benchmarks = "cruxeval_o,trace_synthetic"
   config.limit = 2
