@@ -20,16 +20,17 @@ Nothing is downloaded; everything depends only on the seed.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import dataclasses
 import hashlib
 import json
 import os
+import pathlib
 import sys
 import time
 
 from cwm_jax.tokenizer import train_sentencepiece
 from data_pipelines.programs.generate import generate_programs
+from data_pipelines.traces import tracer_program as tp
 from data_pipelines.traces.format import format_trace
 from data_pipelines.traces.frames import LineFrame, Trace
 from data_pipelines.traces.sources import TraceRequest, cruxeval_context
@@ -85,7 +86,8 @@ def build_toy_corpus(out_dir: str, config: ToyCorpusConfig = ToyCorpusConfig(),
   if os.path.exists(manifest_path):
     with open(manifest_path) as f:
       manifest = json.load(f)
-    if manifest.get("config") == dataclasses.asdict(config):
+    if (manifest.get("config") == dataclasses.asdict(config) and
+        manifest.get("trace_format") == tp.TRACE_FORMAT_VERSION):
       log(f"toy corpus: {out_dir} is up to date ({manifest['counts']})")
       return manifest
   t0 = time.time()
@@ -122,7 +124,8 @@ def build_toy_corpus(out_dir: str, config: ToyCorpusConfig = ToyCorpusConfig(),
       f.write(r["trace_text"] + "\n")
   train_sentencepiece([pathlib.Path(corpus_txt)], os.path.join(out_dir, "tokenizer"),
                       config.vocab_size)
-  manifest = {"config": dataclasses.asdict(config), "counts": counts,
+  manifest = {"config": dataclasses.asdict(config), "trace_format": tp.TRACE_FORMAT_VERSION,
+              "counts": counts,
               "tokenizer": os.path.join(out_dir, "tokenizer.model"),
               "seconds": round(time.time() - t0, 1)}
   with open(manifest_path + ".tmp", "w") as f:

@@ -13,12 +13,19 @@ text of a predicted line: among the lines with that text it prefers those of the
 function the frame runs in (tracked from its call frame), then the first one at or
 after the previous line of that invocation. Lines are reported in the numbering of
 the user's file; the generated `main` wrapper continues after its last line.
+
+Comprehensions, generator expressions and lambdas run in frames of their own
+(FORMATS.md rule 6), whose call frame shows the expression's line rather than a
+`def`: `SourceMap.resolve_call` names them as Python does (`<listcomp>`, `<lambda>`,
+...) from the expressions on that line and the frame's locals (`.0`, the implicit
+iterator, for comprehensions; the parameters first for lambdas).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Sequence
 
 from data_pipelines.traces import tracer_program as tp
 
@@ -89,6 +96,33 @@ class Scope:
     return self.first <= lineno <= self.last
 
 
+_INLINE_NAMES = {ast.ListComp: "<listcomp>", ast.SetComp: "<setcomp>",
+                 ast.DictComp: "<dictcomp>", ast.GeneratorExp: "<genexpr>",
+                 ast.Lambda: "<lambda>"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inline:
+  """A comprehension, generator expression or lambda: its scope, its span
+  ((line, column) to (line, column)) and, for a lambda, its parameter names."""
+  scope: Scope
+  start: tuple[int, int]
+  end: tuple[int, int]
+  params: tuple[str, ...] | None
+
+  def within(self, other: "_Inline") -> bool:
+    return other.start <= self.start and self.end <= other.end and self != other
+
+
+def _lambda_params(node: ast.Lambda) -> tuple[str, ...]:
+  a = node.args
+  names = [x.arg for x in a.posonlyargs + a.args]
+  names += [a.vararg.arg] if a.vararg else []
+  names += [x.arg for x in a.kwonlyargs]
+  names += [a.kwarg.arg] if a.kwarg else []
+  return tuple(names)
+
+
 class SourceMap:
   """CONTEXT's lines and scopes, and the offset to the user's line numbers."""
 
@@ -104,6 +138,15 @@ class SourceMap:
     self._loops = {n.lineno: (n.body[0].lineno, max(b.end_lineno for b in n.body))
                    for n in ast.walk(ast.parse(context))
                    if isinstance(n, (ast.For, ast.AsyncFor, ast.While))}  # header -> body
+    self._inline: dict[int, list[_Inline]] = {}  # by first line, in source order
+    for n in ast.walk(ast.parse(context)):
+      if type(n) in _INLINE_NAMES:
+        params = _lambda_params(n) if isinstance(n, ast.Lambda) else None
+        self._inline.setdefault(n.lineno, []).append(_Inline(
+            Scope(_INLINE_NAMES[type(n)], n.lineno, n.lineno, n.end_lineno),
+            (n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset), params))
+    for inlines in self._inline.values():
+      inlines.sort(key=lambda i: i.start)
     self._by_text: dict[str, list[int]] = {}
     for k, line in enumerate(self.lines, 1):
       self._by_text.setdefault(line, []).append(k)
@@ -113,17 +156,40 @@ class SourceMap:
     inside = [s for s in self.scopes if lineno in s]
     return min(inside, key=lambda s: s.last - s.first) if inside else None
 
-  def resolve_call(self, source_line: str) -> tuple[int | None, Scope | None]:
+  def resolve_call(self, source_line: str, local_names: Sequence[str] = (),
+                   caller: Scope | None = None) -> tuple[int | None, Scope | None]:
     """(CONTEXT line, scope) of a call frame: a `def` (or first decorator) line with
-    this text, else any line with it (a generator resuming)."""
+    this text; else a comprehension or lambda on such a line that fits the frame's
+    locals (`local_names`) and its caller's scope; else any line with the text (a
+    generator resuming)."""
     found = self._by_text.get(source_line, [])
     for k in found:
       scope = next((s for s in self.scopes if k in (s.first, s.def_line)), None)
       if scope is not None:
         return k, scope
+    for k in found:
+      inline = self._inline_call(k, list(local_names), caller)
+      if inline is not None:
+        return k, inline.scope
     if found:
       return found[0], self.scope_of(found[0])
     return None, None
+
+  def _inline_call(self, lineno: int, names: list[str], caller: Scope | None
+                   ) -> _Inline | None:
+    """The expression on `lineno` whose frame has locals `names`: comprehensions have
+    `.0` first, lambdas their parameters. Of several, one nested in the caller's
+    expression (a comprehension inside a comprehension), else the outermost."""
+    fits = [i for i in self._inline.get(lineno, [])
+            if (i.params is None) == (names[:1] == [".0"]) and
+            (i.params is None or tuple(names[:len(i.params)]) == i.params)]
+    outer = next((i for inlines in self._inline.values() for i in inlines
+                  if i.scope == caller), None)
+    if outer is not None:
+      nested = [i for i in fits if i.within(outer)]
+      fits = nested or fits
+    top = [i for i in fits if not any(i.within(j) for j in fits)]
+    return (top or fits or [None])[0]
 
   def resolve(self, source_line: str, scope: Scope | None, previous: int | None,
               event: str = "line") -> int | None:

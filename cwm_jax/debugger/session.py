@@ -286,7 +286,8 @@ class NeuralDebugger:
       return state
     line = frame.source_line
     if isinstance(frame, CallFrame):
-      lineno, scope = self.source_map.resolve_call(line)
+      lineno, scope = self.source_map.resolve_call(line, list(frame.locals),
+                                                   stack[-1].scope if stack else None)
       match = _DEF_RE.match(line)
       function = scope.name if scope else (match.group(1) if match else "?")
       stack = stack + (Invocation(function, scope, lineno, dict(frame.locals)),)

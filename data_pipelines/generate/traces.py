@@ -34,13 +34,15 @@ from collections.abc import Sequence
 from data_pipelines.generate import shards
 from data_pipelines.generate.sources import SPEC_HELP, load_requests, parse_source
 from data_pipelines.traces import executors
+from data_pipelines.traces import tracer_program as tp
 from data_pipelines.traces.format import format_trace
 from data_pipelines.traces.sources import TraceRequest
 from data_pipelines.traces.stats import TraceStats
 from data_pipelines.traces.trace import TraceLimits, TraceResult, trace_requests
 
 LOCAL_RUNNER = "local"
-FORMAT_VERSION = 1
+# Shards made under another trace format (tracer_program.TRACE_FORMAT_VERSION) are redone.
+FORMAT_VERSION = tp.TRACE_FORMAT_VERSION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Frames -> trace text and token ids (FORMATS.md, "Execution traces").
 
 Text: `<|begin_of_text|><|trace_context_start|>CONTEXT<|frame_sep|>`, one frame per
-event, then `<|end_of_text|>` when the trace ended. LOCALS are diff-encoded here
+event (comprehension, generator-expression and lambda frames included, rule 6), then `<|end_of_text|>` when the trace ended. LOCALS are diff-encoded here
 (rule 4): a call/line frame's baseline is the previous call/line frame unless a
 call or return frame came in between (exception frames do not count). This is the
 tracer's rule seen from the frame sequence: the tracer emits a call or return frame
@@ -10,6 +10,9 @@ whenever execution moves to another invocation.
 Ids: structural tokens are special ids; CONTEXT, LOCALS, SOURCE_LINE and VALUE are
 encoded as text (special-token strings inside them stay text), each piece on its own,
 as the special tokens split them anyway.
+
+Reprs holding a memory address (` at 0x7f..`) are refused: rule 7 removes them, so no
+canonical trace has one.
 """
 
 from __future__ import annotations
@@ -37,14 +40,23 @@ def frame_pieces(frames: Sequence[Frame]) -> Iterator[tuple[tuple[bool, str], ..
       if any(v == tp.DOTS for _, v in items):
         raise ValueError(f"frame {i}: a local's repr is {tp.DOTS!r}, which the diff encoding "
                          "cannot represent")
+      for name, value in items:
+        _check_no_address(i, f"local {name!r}", value)
       baseline = frame.locals
       yield ((True, tp.EVENT_SEP[frame.event]), (False, tp.encode_locals(items, base)),
              (True, st.ACTION_SEP), (False, frame.source_line), (True, st.FRAME_SEP))
     else:
       if isinstance(frame, ReturnFrame):
         baseline = None
+      _check_no_address(i, "value", frame.value)
       yield ((True, tp.EVENT_SEP[frame.event]), (True, st.ACTION_SEP), (False, frame.source_line),
              (True, st.ARG_SEP), (False, tp.encode_value(frame.value)), (True, st.FRAME_SEP))
+
+
+def _check_no_address(i: int, what: str, text: str) -> None:
+  if tp.has_address(text):
+    raise ValueError(f"frame {i}: {what} {text[:80]!r} holds a memory address ' at 0x...', "
+                     "which FORMATS.md rule 7 removes (tracer_program.mask_addresses)")
 
 
 def _text(pieces) -> str:

@@ -8,9 +8,9 @@
 a call or return frame came in between (then `".."` is an error, as it is in a call
 frame). `strict` (the default) also requires the canonical encoding, so that
 `format_trace(parse_trace(text)) == text`: JSON written exactly as `json.dumps` writes
-it, `".."` wherever a value equals the baseline's, and every SOURCE_LINE one line of
-CONTEXT ending with "\\n". Errors name the frame and the character (text) or token
-(ids) position.
+it, `".."` wherever a value equals the baseline's, no repr holding a memory address
+(` at 0x..`, rule 7), and every SOURCE_LINE one line of CONTEXT ending with "\\n".
+Errors name the frame and the character (text) or token (ids) position.
 
 Text is ambiguous when CONTEXT or a value contains a structural token string such as
 "<|frame_sep|>"; token ids are not (there such strings are text), so parse ids when
@@ -216,6 +216,8 @@ class _Parser:
         value = baseline[name]
       resolved[name] = value
     if self.strict:
+      for name, value in written.items():
+        self.check_no_address(f"local {name!r}", value, pos)
       canonical = tp.encode_locals(list(resolved.items()), baseline)
       if canonical != payload:
         self.error(f"LOCALS is not in canonical form: got {payload[:80]!r}, expected "
@@ -231,7 +233,14 @@ class _Parser:
       self.error(f"VALUE must be a JSON string (a repr), got {payload[:60]!r}", pos)
     if self.strict and tp.encode_value(value) != payload:
       self.error(f"VALUE is not in canonical form: got {payload[:80]!r}", pos)
+    if self.strict:
+      self.check_no_address("VALUE", value, pos)
     return value
+
+  def check_no_address(self, what: str, value: str, pos):
+    if tp.has_address(value):
+      self.error(f"{what} {value[:60]!r} holds a memory address ' at 0x...', which FORMATS.md "
+                 "rule 7 removes", pos)
 
 
 def parse_trace(text: str, *, partial: bool = False, strict: bool = True) -> Trace:

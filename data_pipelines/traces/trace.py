@@ -113,8 +113,15 @@ def _to_result(request: TraceRequest, raw: dict) -> TraceResult:
 
 
 def _check_python(raw: dict) -> None:
+  """Traces need the tracer's Python to be 3.11 (FORMATS.md rules 6-7) and this one's."""
   here = "%d.%d" % sys.version_info[:2]
   there = raw.get("python", "")
+  if raw.get("kind") == "python_version":
+    raise RuntimeError(raw["reason"])
+  if there:
+    wrong = tp.python_version_error(tuple(int(p) for p in there.split(".")[:3]))
+    if wrong is not None:
+      raise RuntimeError(wrong)
   if there and not there.startswith(here + "."):
     raise RuntimeError(f"the tracer ran Python {there} but this project runs Python {here}; "
                        "line events differ between versions (FORMATS.md rule 7), so traces must "

@@ -1,6 +1,13 @@
 """The tracer that runs in a separate (sandboxed) process: CONTEXT -> trace frames.
 
-This file implements rules 1-8 of FORMATS.md ("Execution traces"). It uses the
+This file implements rules 1-8 of FORMATS.md ("Execution traces"), as the released
+CWM model writes traces: comprehensions, generator expressions and lambdas are frames of
+their own (rule 6), and reprs carry no memory addresses (rule 7). It must run on
+Python 3.11 (`REQUIRED_PYTHON`): 3.12 inlines comprehensions, so their frames would
+disappear; `main()` refuses any other version. Rules 1-4 and 6-7 were checked against
+the released model's own greedy traces of CruxEval programs; rule 5 (exception frames)
+could not be, since no CruxEval program raises inside `f`, and follows
+`sys.settrace`'s exception events as written in FORMATS.md. It uses the
 standard library only, so that its source can be shipped to another process as is;
 the host imports the same module for the pure helpers (source lines, LOCALS
 encoding, address masking, frame sizes), so both sides agree by construction.
@@ -68,8 +75,13 @@ TRACE_CONTEXT_START = "<|trace_context_start|>"
 EVENT_SEP = {"call": CALL_SEP, "line": LINE_SEP, "return": RETURN_SEP, "exception": EXCEPTION_SEP}
 
 DOTS = ".."  # a local unchanged since the baseline frame (rule 4)
-UNTRACED_CODE_NAMES = frozenset(
-    {"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>"})  # rule 6
+# Code objects of expressions (rule 6): frames of their own, like any function.
+INLINE_CODE_NAMES = frozenset(
+    {"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>", "<lambda>"})
+# 1: comprehensions folded into their line, ` at 0x...` kept; 2: as the released model
+# writes traces (rules 6-7). Data made under another version is not reused.
+TRACE_FORMAT_VERSION = 2
+REQUIRED_PYTHON = (3, 11)  # 3.12 inlines comprehensions (PEP 709): their frames vanish
 _ADDRESS_RE = re.compile(r" at 0x[0-9a-fA-F]+")
 _STDOUT_CAP = 1 << 20  # bytes of the program's own output kept per item
 _EXIT_MEMORY = 3  # exit status of a child that ran out of memory before reporting
@@ -95,8 +107,24 @@ def source_line(lines: list[str], lineno: int) -> str:
 
 
 def mask_addresses(text: str) -> str:
-  """` at 0x7f3a2c1d` -> ` at 0x...` (rule 7)."""
-  return _ADDRESS_RE.sub(" at 0x...", text)
+  """Removes every ` at 0x<hex>` (rule 7): `<Foo object at 0x7f3a>` -> `<Foo object>`."""
+  return _ADDRESS_RE.sub("", text)
+
+
+def has_address(text: str) -> bool:
+  """Whether `text` still holds a ` at 0x<hex>` that rule 7 removes."""
+  return _ADDRESS_RE.search(text) is not None
+
+
+def python_version_error(version_info=None) -> str | None:
+  """Why this interpreter cannot make traces (None when it can)."""
+  version = tuple((version_info or sys.version_info)[:3])
+  if version[:2] == REQUIRED_PYTHON:
+    return None
+  return ("the tracer needs Python %d.%d (FORMATS.md rules 6-7) but runs on Python %d.%d.%d: "
+          "line events differ between versions, and 3.12+ inlines comprehensions so their frames "
+          "disappear. Run the sandbox's tracer with a Python %d.%d interpreter "
+          "(SandboxConfig.python)" % (*REQUIRED_PYTHON, *version, *REQUIRED_PYTHON))
 
 
 def encode_locals(items, baseline) -> str:
@@ -191,7 +219,11 @@ class _DiffEncoder:
 
 
 class _Tracer(_DiffEncoder):
-  """sys.settrace hooks that record frames of CONTEXT code (rules 1-6)."""
+  """sys.settrace hooks that record frames of CONTEXT code (rules 1-6).
+
+  Every frame of CONTEXT code is traced, comprehensions, generator expressions and
+  lambdas included (rule 6): a generator expression, like a generator function, gets
+  a call frame each time it resumes and a return frame each time it yields."""
 
   def __init__(self, lines: list[str], max_events: int, max_bytes: int, start_bytes: int):
     self.lines = lines
@@ -201,7 +233,6 @@ class _Tracer(_DiffEncoder):
     self.num_bytes = start_bytes
     self.frames = []
     self.baseline = None  # (id of the frame, {name: repr}) of the last call/line frame
-    self.suppressing = None  # the comprehension/lambda frame whose work is not traced
     self.entry_id = None
     self.done = False
     self.abort = None  # (status, kind, reason) once the trace is given up
@@ -211,23 +242,18 @@ class _Tracer(_DiffEncoder):
 
   def global_trace(self, frame, event, arg):
     """Called on every 'call' event; returns the frame's local trace function or None."""
-    if self.done or self.suppressing is not None or self.abort is not None:
+    if self.done or self.abort is not None:
       return None
-    code = frame.f_code
-    if code.co_filename != CONTEXT_FILENAME:
+    if frame.f_code.co_filename != CONTEXT_FILENAME:
       return None
-    if code.co_name in UNTRACED_CODE_NAMES:
-      self.suppressing = frame
-      frame.f_trace_lines = False
-      return self._watch_suppressed
     self._guard(self._record_locals, "call", frame)
     if self.entry_id is None:
       self.entry_id = id(frame)
     return self.local_trace
 
   def local_trace(self, frame, event, arg):
-    if self.done or self.suppressing is not None or self.abort is not None:
-      return self.local_trace  # e.g. a traced generator resumed inside a comprehension
+    if self.done or self.abort is not None:
+      return self.local_trace
     if event == "line":
       self._guard(self._record_locals, "line", frame)
     elif event == "return":
@@ -237,11 +263,6 @@ class _Tracer(_DiffEncoder):
     elif event == "exception":
       self._guard(self._record_value, "exception", frame, arg[1] if arg[1] is not None else arg[0])
     return self.local_trace
-
-  def _watch_suppressed(self, frame, event, arg):
-    if event == "return" and frame is self.suppressing:
-      self.suppressing = None
-    return self._watch_suppressed
 
   # --- recording
 
@@ -428,13 +449,16 @@ class _RepoTracer(_DiffEncoder):
   """Cuts function-level traces out of a test run (FORMATS.md, repository-level traces).
 
   A cut starts at a call of a function defined in one of `sources` (repository files,
-  not tests) made while no cut is open (not a generator or coroutine, whose frames
-  return at every yield), and ends when that invocation returns. Inside
-  it, a callee from `sources` at depth d (the cut's function is depth 0) is stepped
-  into when d <= max_depth and a seeded coin with probability `step_in_prob` says so;
-  otherwise it and everything it calls produce no frames (its work belongs to the
-  caller's line, like comprehensions under rule 6). Frames follow rules 1-5 and 7,
-  with the diff-encoding baseline over the frames the cut emits.
+  not tests) made while no cut is open (not a comprehension, lambda, generator or
+  coroutine, whose frames return at every yield), and ends when that invocation
+  returns. Inside it, a callee from `sources` at depth d (the cut's function is depth
+  0; comprehension and lambda frames add no depth) is stepped into when
+  d <= max_depth and a seeded coin with probability `step_in_prob` says so; otherwise
+  it and everything it calls produce no frames (its work belongs to the caller's
+  line). A comprehension, generator expression or lambda run directly by a traced
+  frame (e.g. `sorted(xs, key=lambda x: ...)`) is part of that frame's work and is
+  always traced, with frames of its own as in function-level traces (rule 6). Frames
+  follow rules 1-7, with the diff-encoding baseline over the frames the cut emits.
   """
 
   def __init__(self, sources: dict, max_depth: int, step_in_prob: float, seed: str,
@@ -460,10 +484,10 @@ class _RepoTracer(_DiffEncoder):
     path = self.sources.get(code.co_filename)
     if path is None:
       return None
+    inline = code.co_name in INLINE_CODE_NAMES
     if self.cut is None:
-      if (code.co_name in UNTRACED_CODE_NAMES or code.co_name == "<module>" or
-          code.co_flags & _CO_SUSPENDABLE):
-        return None  # a generator or coroutine is traced only as a callee
+      if inline or code.co_name == "<module>" or code.co_flags & _CO_SUSPENDABLE:
+        return None  # traced only inside a cut
       if len(self.cuts) >= self.max_cuts:
         return None
       import random
@@ -475,9 +499,11 @@ class _RepoTracer(_DiffEncoder):
       cut = self.cut
       if cut["overflow"]:
         return None
-      depth = len(cut["stack"])
-      if (code.co_name in UNTRACED_CODE_NAMES or code.co_name == "<module>" or
-          depth > self.max_depth or not cut["rng"].random() < self.step_in_prob):
+      run_by_traced_frame = inline and cut["stack"] and frame.f_back is cut["stack"][-1]
+      depth = sum(f.f_code.co_name not in INLINE_CODE_NAMES for f in cut["stack"])
+      if not run_by_traced_frame and (
+          code.co_name == "<module>" or depth > self.max_depth or
+          not cut["rng"].random() < self.step_in_prob):
         self.suppressing = frame
         frame.f_trace_lines = False
         return self._watch_suppressed
@@ -775,6 +801,13 @@ def _ensure_hash_seed():
 def main():
   _ensure_hash_seed()
   request = json.loads(sys.stdin.read())
+  wrong_python = python_version_error()
+  if wrong_python is not None:  # every item fails the same way; the host raises on it
+    for index in range(len(request["items"])):
+      sys.stdout.write(json.dumps(_result("error", "python_version", wrong_python,
+                                          index=index)) + "\n")
+    sys.stdout.flush()
+    return
   # Results go to a duplicate of fd 1, and fd 1 itself to /dev/null, so that a program
   # writing to fd 1 directly cannot corrupt them.
   global _CHANNEL_FD

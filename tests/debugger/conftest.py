@@ -82,10 +82,22 @@ def outer(n):
         return total
     return total
 """, "twice([1, 2])"),
+    # Comprehension and lambda frames (FORMATS.md rule 6): pdb's step enters them,
+    # next steps over them.
+    "comprehensions": ("""def square(x):
+    return x * x
+
+def build(xs):
+    ys = [square(x) for x in xs]
+    d = {k: v for k, v in zip(xs,
+                              ys)}
+    s = sorted(ys, key=lambda v: -v)
+    return ys, d, s
+""", "build([1, 2])"),
 }
 
 # Not run under pdb (its generator handling differs from plain stepping): line
-# numbers of decorated functions, methods and a generator resuming.
+# numbers of decorated functions, methods, a generator and generator expressions resuming.
 LINE_PROGRAMS = {
     "decorators": ("""import functools
 
@@ -114,6 +126,10 @@ def main():  # << START_OF_TRACE
         t += v
     return g(p.v) + t
 """, None),
+    "genexpr": ("""def total(xs):
+    t = sum(x * 2 for x in xs)
+    return t + next(y for y in xs if y > 1)
+""", "total([1, 2, 3])"),
 }
 
 ALL_PROGRAMS = {**PROGRAMS, **LINE_PROGRAMS}

@@ -6,8 +6,9 @@ Run as a script in a subprocess (trusted test programs only):
 
 It executes CONTEXT as a module, then `pdb.Pdb.runcall(entry)` with the commands on
 pdb's stdin, and prints one JSON list of stops: {"event", "lineno" (CONTEXT
-numbering), "function", "locals" ({name: repr}, without pdb's __return__), "value"
-(repr returned or raised, else null)}. pdb's first stop is the entry's first line
+numbering), "function", "locals" ({name: repr}, without pdb's __return__ and without
+memory addresses, as FORMATS.md rule 7 writes reprs), "value" (repr returned or
+raised, else null)}. pdb's first stop is the entry's first line
 (bdb does not stop at the call of the function it was asked to run).
 """
 
@@ -48,7 +49,7 @@ class RecordingPdb(pdb.Pdb):
 
   def interaction(self, frame, traceback):
     if frame is not None:
-      local_vars = {k: _ADDRESS_RE.sub(" at 0x...", repr(v)) for k, v in frame.f_locals.items()
+      local_vars = {k: _ADDRESS_RE.sub("", repr(v)) for k, v in frame.f_locals.items()
                     if k not in ("__return__", "__exception__")}
       self.stops.append({"event": self._event, "lineno": frame.f_lineno,
                          "function": frame.f_code.co_name, "locals": local_vars,

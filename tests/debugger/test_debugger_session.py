@@ -274,3 +274,33 @@ def test_replay_rejects_a_prefix_off_the_true_trace(tokenizer, true_traces):
 def test_rejects_a_non_model(tokenizer):
   with pytest.raises(TypeError, match="TraceModel"):
     NeuralDebugger(object(), tokenizer, *PROGRAMS["loops"])
+
+
+def _at_line(debugger, text):
+  state = debugger.step()
+  while state.source_line.strip() != text or state.event != "line":
+    state = debugger.step()
+  return state
+
+
+@pytest.mark.parametrize("line,name", [("ys = [square(x) for x in xs]", "<listcomp>"),
+                                       ("s = sorted(ys, key=lambda v: -v)", "<lambda>")])
+def test_step_enters_a_comprehension_or_lambda_and_next_steps_over_it(make_debugger, line, name):
+  debugger = make_debugger("comprehensions")
+  here = _at_line(debugger, line)
+  entered = debugger.step()
+  assert (entered.event, entered.function, entered.depth) == ("call", name, here.depth + 1)
+  assert entered.source_line.strip() == line
+  debugger = make_debugger("comprehensions")
+  here = _at_line(debugger, line)
+  after = debugger.next()
+  assert (after.event, after.function, after.depth) == ("line", "build", here.depth)
+  assert after.lineno > here.lineno
+
+
+def test_generator_expression_frames_are_named_and_placed(make_debugger, true_traces):
+  states = run_to_end(make_debugger("genexpr"))
+  genexpr = [s for s in states if s.function == "<genexpr>"]
+  assert {s.lineno for s in genexpr} == {2, 3}
+  assert [s.event for s in genexpr if s.lineno == 2].count("call") == 4  # start + 3 resumes
+  assert states[-1].value == "14"

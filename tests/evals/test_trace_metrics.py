@@ -31,6 +31,8 @@ def traces(need_sandbox):
   ok = [r.trace for r in results if r.ok and len(r.trace.frames) <= 120]
   assert len([r for r in results[:25] if r.ok]) == 25  # every CruxEval record traces
   assert len(ok) >= 30
+  # Comprehension/generator-expression frames (FORMATS.md rule 6) are among them.
+  assert sum(any(f.event == "call" and ".0" in f.locals for f in t.frames) for t in ok) >= 3
   return ok
 
 

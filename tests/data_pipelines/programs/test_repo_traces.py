@@ -11,7 +11,7 @@ from data_pipelines.traces import tracer_program as tp
 from data_pipelines.traces.format import format_trace
 from data_pipelines.traces.frames import CallFrame, ExceptionFrame, ReturnFrame
 from data_pipelines.traces.parse import parse_trace
-from data_pipelines.traces.trace import TraceLimits
+from data_pipelines.traces.trace import TraceLimits, trace_context
 
 EXEC = executors.unsandboxed_subprocess_executor
 
@@ -207,3 +207,46 @@ def test_event_limit_applies_per_cut_and_generators_are_not_roots():
   # the generator is stepped into as a callee: one call frame per resumption
   assert _depths(results[2].trace).count(2) == 4 + 3  # evens (3 yields + the end), inc x3
   assert results[2].trace.return_value == "9"
+
+
+COMP_REPO = {
+    "pkg/__init__.py": "",
+    "pkg/comp.py": (
+        "def scale(x):\n"
+        "    return x * 2\n"
+        "\n"
+        "def comp(xs):\n"
+        "    ys = [scale(x) for x in xs if x]\n"
+        "    total = sum(y for y in ys)\n"
+        "    return sorted(ys, key=lambda v: -v), total\n"),
+    "tests/test_comp.py": (
+        "from pkg.comp import comp\n"
+        "\n"
+        "def test_comp():\n"
+        "    assert comp([1, 0, 2]) == ([4, 2], 6)\n"),
+}
+
+
+def _frame_tuples(frames):
+  return [(f.event, f.source_line, getattr(f, "locals", None), getattr(f, "value", None))
+          for f in frames]
+
+
+@pytest.mark.parametrize("max_depth", [0, 1])
+def test_comprehensions_and_lambdas_in_a_cut_are_frames_of_their_own(max_depth):
+  """A cut's comprehension, generator-expression and lambda frames (rule 6) are always
+  traced and add no depth; with every callee stepped into, the cut equals the
+  function-level trace of the same function (its frames between comp's call and return)."""
+  results = trace_repo(COMP_REPO, max_depth=max_depth, step_in_prob=1.0, executor=EXEC)
+  assert [r.status for r in results] == ["ok"]
+  cut = results[0].trace
+  calls = [f.source_line.strip() for f in cut.frames if isinstance(f, CallFrame)]
+  comp_line, gen_line = "ys = [scale(x) for x in xs if x]", "total = sum(y for y in ys)"
+  scale = ["def scale(x):"] if max_depth >= 1 else []
+  assert calls == (["def comp(xs):", comp_line] + scale * 2 + [gen_line] * 3 +
+                   ["return sorted(ys, key=lambda v: -v), total"] * 2)
+  if max_depth == 1:
+    context = "\n" + COMP_REPO["pkg/comp.py"] + "def main():" + tp.MARKER + "\n" + \
+        "    return comp([1, 0, 2])\n"
+    function_level = trace_context(context, executor=EXEC).trace
+    assert _frame_tuples(function_level.frames[2:-1]) == _frame_tuples(cut.frames)

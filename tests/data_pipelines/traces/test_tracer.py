@@ -1,5 +1,6 @@
 """The tracer against FORMATS.md rules 1-8: the worked example, diff encoding,
-exceptions, untraced comprehensions, recursion, reprs, limits and isolation.
+exceptions, recursion, reprs, limits and isolation (comprehension, generator-expression
+and lambda frames in detail: test_inline_frames.py).
 
 Everything runs in the unsandboxed test-only executor (trusted code). Contexts are
 traced together in one batch (one tracer process) per test module to keep it fast.
@@ -251,13 +252,17 @@ def test_dots_only_against_a_baseline(traced):
   assert checked > 20
 
 
-def test_comprehensions_and_lambdas_are_not_traced_but_their_effects_are(traced):
+def test_comprehensions_and_lambdas_are_frames_with_their_callees(traced):
   result = traced[0]["comprehensions"]
   assert result.ok
-  calls = [f for f in result.trace.frames if isinstance(f, CallFrame)]
-  assert [f.source_line for f in calls] == ["def main():\n"]  # h runs only inside them
-  lines = [f for f in result.trace.frames if isinstance(f, LineFrame)]
-  assert [f.locals.get("a") for f in lines[1:]] == ["[1, 2, 3]"] * 4
+  calls = [f.source_line.strip() for f in result.trace.frames if isinstance(f, CallFrame)]
+  comp, gen = "a = [h(i) for i in range(3)]", "b = sum(h(x) for x in a)"
+  dictcomp, lam = "c = {k: h(k) for k in (7,)}", "k = (lambda y: h(y))(5)"
+  assert calls == (["def main():", comp] + ["def h(n):"] * 3 + [gen, "def h(n):"] * 3 + [gen] +
+                   [dictcomp, "def h(n):", lam, "def h(n):"])
+  last_line = [f for f in result.trace.frames if isinstance(f, LineFrame)][-1]
+  assert last_line.source_line == "    return a, b, c, k, log\n"
+  assert last_line.locals == {"a": "[1, 2, 3]", "b": "9", "c": "{7: 8}", "k": "6"}
   assert result.trace.return_value == "([1, 2, 3], 9, {7: 8}, 6, [0, 1, 2, 1, 2, 3, 7, 5])"
 
 
@@ -277,16 +282,15 @@ def test_recursion(traced):
   assert [f.value for f in frames if isinstance(f, ReturnFrame)] == ["1", "2", "6", "6"]
 
 
-def test_object_reprs_have_masked_addresses(traced):
+def test_object_reprs_have_no_addresses(traced):
   result = traced[0]["objects"]
   assert result.ok
   text = format_trace(result.trace)
-  assert '"self": "<__main__.Foo object at 0x...>"' in text
+  assert '"self": "<__main__.Foo object>"' in text and " at 0x" not in text
   assert result.trace.return_value == (
-      "[<__main__.Foo object at 0x...>, Bar(2), <bound method Foo.__init__ of "
-      "<__main__.Foo object at 0x...>>]")
+      "[<__main__.Foo object>, Bar(2), <bound method Foo.__init__ of <__main__.Foo object>>]")
   # Bar.__repr__ fails inside __init__ (self.v unset): object.__repr__ is used, counted.
-  assert '"self": "<__main__.Bar object at 0x...>"' in text
+  assert '"self": "<__main__.Bar object>"' in text
   assert result.repr_fallbacks == 2
 
 
