@@ -9,14 +9,14 @@
 3. converts the trained weights to an HF transformers checkpoint and to an
    Orbax checkpoint and back, checking that the logits are bit-identical.
 
-The full pretrain -> midtrain -> SFT pipeline lives in `experiments.main`
-once the training stack lands; this script exercises the pieces below it.
+The full pretrain -> midtrain -> SFT pipeline is `experiments.main` (and the
+toy-scale recipe `experiments.quickstart`); this script exercises the library's
+pieces directly: pipeline, train step, conversion.
 """
 
 from __future__ import annotations
 
-import functools
-import os
+import json
 import pathlib
 import time
 
@@ -24,12 +24,14 @@ from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from cwm_jax.convert import load_hf, load_orbax, save_hf, save_orbax
-from cwm_jax.model import Cwm, count_params, get_preset, transformer
+from cwm_jax.model import Cwm, count_params, get_preset
+from cwm_jax.sharding import MeshConfig, make_mesh
 from cwm_jax.tokenizer import SentencePieceTokenizer, encode_trace_prompt, train_sentencepiece
+from cwm_jax.train import (OptimizerConfig, init_train_state, jit_train_step, loss_sums,
+                           make_optimizer, make_schedule, mean_loss, train_state_shardings)
+from data_pipelines.pipeline import PipelineConfig, SourceConfig, build_train_iterator
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cwm_demo", "Where the tokenizer and checkpoints go.")
 _STEPS = flags.DEFINE_integer("steps", 80, "Training steps.")
@@ -49,26 +51,18 @@ def source_documents() -> tuple[list[str], list[str]]:
   return [d for i, d in enumerate(docs) if i % 5], docs[::5]
 
 
-def pack(token_docs: list[list[int]], seq: int, eos: int):
-  """Concatenates documents (each + EOS) into rows of `seq` tokens with segment ids."""
-  tokens, segments = [], []
-  for i, doc in enumerate(token_docs):
-    tokens += doc + [eos]
-    segments += [i + 1] * (len(doc) + 1)
-  n_rows = len(tokens) // seq
-  shape = (n_rows, seq)
-  return (np.asarray(tokens[:n_rows * seq], np.int32).reshape(shape),
-          np.asarray(segments[:n_rows * seq], np.int32).reshape(shape))
+def write_documents(docs: list[str], path: pathlib.Path) -> str:
+  """Documents as a JSONL text source of the grain pipeline."""
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+  return str(path)
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def batch_loss(params, tokens_BT, segment_ids_BT, cfg):
-  """Mean next-token cross-entropy within documents (no loss across a boundary)."""
-  logits_BTV = transformer.forward(params, tokens_BT[:, :-1], cfg,
-                                   segment_ids_BT=segment_ids_BT[:, :-1])
-  same_doc_BT = segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1]
-  nll_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, tokens_BT[:, 1:])
-  return jnp.sum(nll_BT * same_doc_BT) / jnp.maximum(jnp.sum(same_doc_BT), 1)
+def pipeline(path: str, tokenizer_path: str, *, shuffle: bool) -> PipelineConfig:
+  """Documents tokenised and packed into rows with segment ids (the library's pipeline)."""
+  return PipelineConfig(sources=(SourceConfig("code", (path,), "text"),),
+                        tokenizer_path=tokenizer_path, seq_len=_SEQ.value,
+                        batch_size=_BATCH.value, seed=_SEED.value, shuffle=shuffle)
 
 
 def main(argv):
@@ -91,35 +85,30 @@ def main(argv):
                f"{time.time() - t0:.1f}s; exact round trip on held-out code; "
                f"trace prompt of {len(trace_prompt)} tokens"))
 
-  # 2. Model + a short training run on packed documents.
+  # 2. Model + a short training run on packed documents: the library's grain
+  # pipeline (packing, segment ids), optimizer, jitted train step and loss.
   cfg = get_preset("tiny", vocab_size=tok.vocab_size)
-  model = Cwm(cfg, rngs=nnx.Rngs(_SEED.value))
-  train_tokens, train_segs = pack([tok.encode(d) for d in train_docs], _SEQ.value, tok.eos_id)
-  held_tokens, held_segs = pack([tok.encode(d) for d in heldout_docs], _SEQ.value, tok.eos_id)
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 10, _STEPS.value),
-                               b1=0.9, b2=0.95, weight_decay=0.1))
-  params = model.params()
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, tokens, segs):
-    loss, grads = jax.value_and_grad(batch_loss)(params, tokens, segs, cfg)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  held = (jnp.asarray(held_tokens[:16]), jnp.asarray(held_segs[:16]))
-  held_before = float(batch_loss(params, *held, cfg))
-  rng = np.random.default_rng(_SEED.value)
+  opt_cfg = OptimizerConfig(learning_rate=3e-3, warmup_steps=10, total_steps=_STEPS.value)
+  optimizer = make_optimizer(opt_cfg)
+  mesh = make_mesh(MeshConfig(data=jax.device_count()))
+  shardings = train_state_shardings(mesh, cfg, optimizer)
+  state = init_train_state(cfg, optimizer, jax.random.key(_SEED.value), mesh=mesh)
+  step_fn = jit_train_step(mesh, cfg, optimizer, shardings, lr_schedule=make_schedule(opt_cfg))
+  held_loss = jax.jit(lambda params, batch: mean_loss(loss_sums(params, batch, cfg)))
+  train_path = write_documents(train_docs, workdir / "train.jsonl")
+  held_path = write_documents(heldout_docs, workdir / "heldout.jsonl")
+  with build_train_iterator(pipeline(held_path, sp_path, shuffle=False)) as it:
+    held = next(it)
+  held_before = float(held_loss(state.params, held))
   t0 = time.time()
-  for step in range(_STEPS.value):
-    idx = rng.choice(len(train_tokens), _BATCH.value, replace=False)
-    params, opt_state, loss = train_step(params, opt_state, jnp.asarray(train_tokens[idx]),
-                                         jnp.asarray(train_segs[idx]))
-    if step % 20 == 0 or step == _STEPS.value - 1:
-      print(f"step {step:4d}  train loss {float(loss):.3f}")
+  with build_train_iterator(pipeline(train_path, sp_path, shuffle=True)) as batches:
+    for step in range(_STEPS.value):
+      state, metrics = step_fn(state, next(batches))
+      if step % 20 == 0 or step == _STEPS.value - 1:
+        print(f"step {step:4d}  train loss {float(metrics['loss']):.3f}")
   train_s = time.time() - t0
-  held_after = float(batch_loss(params, *held, cfg))
+  params = jax.device_get(state.params)
+  held_after = float(held_loss(params, held))
   model = Cwm(cfg, params=params)
   rows.append(("model", f"tiny: {count_params(cfg):,} params, {cfg.n_layers} layers "
                f"{cfg.layer_types}, window {cfg.window}"))
@@ -127,7 +116,7 @@ def main(argv):
                f"{train_s:.1f}s; held-out loss {held_before:.3f} -> {held_after:.3f}"))
 
   # 3. Conversion both ways; the logits must not change by a single bit.
-  probe = jnp.asarray(held_tokens[:2])
+  probe = jnp.asarray(held["tokens"][:2])
   logits = np.asarray(model(probe))
   hf_dir, orbax_dir = workdir / "hf", workdir / "orbax"
   stats = save_hf(model, cfg, str(hf_dir), overwrite=True)

@@ -1,9 +1,11 @@
 """Code generation with unit tests (HumanEval, MBPP): sample, run in the sandbox, pass@k.
 
-A benchmark supplies, per problem, a prompt (token ids) and a way to turn one
-completion into a check program (solution + the problem's tests). Each of the n
-samples per task becomes one row with its pass/fail reason; the summary holds the
-unbiased pass@k (passk.py) over tasks and the count of samples per failure reason.
+A benchmark (`CodegenBenchmark`) supplies only what differs: the prompt of a
+problem (token ids) and the check program for one answer (solution + the
+problem's tests); answer extraction, sampling and scoring are shared here. Each
+of the n samples per task becomes one row with its pass/fail reason; the summary
+holds the unbiased pass@k (passk.py) over tasks and the count of samples per
+failure reason.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cwm_jax.evals.execution import ExecutionConfig, run_checks
 from cwm_jax.evals.model import Completer, complete_checked
 from cwm_jax.evals.passk import mean_pass_at_k
+from cwm_jax.evals.prompting import answer_text
+from cwm_jax.tokenizer.base import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +91,42 @@ def evaluate_codegen(completer: Completer, task_ids: Sequence, prompts: Sequence
   programs = [[to_program(t, c) for c in cs] for t, cs in enumerate(completions)]
   return score_programs(task_ids, programs, completions, sampling.ks, execution,
                         executor=executor)
+
+
+@dataclasses.dataclass(frozen=True)
+class CodegenBenchmark:
+  """A code-generation benchmark: `build_prompt(tokenizer, problem, prompt_format)`
+  gives the prompt ids, `answer_program(problem, answer)` the check program for the
+  answer part of a completion (prompting.answer_text), and `plain_stop_strings`
+  end a "plain" completion (a base model has no end-of-turn token).
+  Problems only need a `task_id`."""
+  build_prompt: Callable[[Tokenizer, Any, str], list[int]]
+  answer_program: Callable[[Any, str], str]
+  plain_stop_strings: tuple[str, ...] = ()
+
+  def completion_program(self, problem, completion: str, prompt_format: str) -> str | None:
+    """Check program for one completion; None when it holds no answer."""
+    answer = answer_text(prompt_format, completion)
+    return None if answer is None else self.answer_program(problem, answer)
+
+  def score_completions(self, problems: Sequence, completions: Sequence[Sequence[str]],
+                        prompt_format: str, ks: Sequence[int] = (1,),
+                        execution: ExecutionConfig = ExecutionConfig(), *, executor=None
+                        ) -> tuple[dict, list[dict]]:
+    """Scores given completions (e.g. stored generations) without a model."""
+    programs = [[self.completion_program(p, c, prompt_format) for c in cs]
+                for p, cs in zip(problems, completions, strict=True)]
+    return score_programs([p.task_id for p in problems], programs, completions, ks, execution,
+                          executor=executor)
+
+  def evaluate(self, completer: Completer, problems: Sequence, prompt_format: str,
+               sampling: CodegenSampling = CodegenSampling(),
+               execution: ExecutionConfig = ExecutionConfig(), *, executor=None
+               ) -> tuple[dict, list[dict]]:
+    """pass@k of `completer` on `problems` (summary, one row per sample)."""
+    prompts = [self.build_prompt(completer.tokenizer, p, prompt_format) for p in problems]
+    stops = self.plain_stop_strings if prompt_format == "plain" else ()
+    return evaluate_codegen(
+        completer, [p.task_id for p in problems], prompts,
+        lambda t, c: self.completion_program(problems[t], c, prompt_format), sampling, execution,
+        stop_strings=stops, executor=executor)

@@ -6,9 +6,9 @@
                               sampling=SamplingConfig(temperature=0.7, top_p=0.95))
 """
 
-from cwm_jax.inference.cache import KVCache, cache_bytes, cache_shapes, init_cache
+from cwm_jax.model.kv_cache import KVCache, cache_bytes, cache_shapes, init_cache
 from cwm_jax.inference.chat import ChatResult, chat, chat_batch, chat_prompt, parse_reply, tool_message
-from cwm_jax.inference.decode import decode_step, prefill
+from cwm_jax.inference.decode import decode_step, extend, prefill
 from cwm_jax.inference.sampler import (GREEDY, GenerationResult, Sampler, check_tokenizer,
                                        compile_count, generate)
 from cwm_jax.inference.sampling import SamplingConfig, filter_logits, sample_tokens

@@ -20,6 +20,14 @@ Each decode step donates the cache. The next step is dispatched before the
 host looks at the previous step's tokens, so checking stop conditions
 overlaps device work (at most one step is computed in vain at the end).
 
+Following a learner: `update_weights(params, version)` swaps in new weights of
+the same shapes (placed like the old ones, so nothing recompiles), between calls
+or, from `on_step` or another thread, between decode steps of a running
+generation; every generated token records the weight version of the forward
+pass that produced it (`GenerationResult.versions`), next to its behaviour
+log-prob (the distribution it was drawn from, after temperature, top-k and
+top-p) and its T=1 log-prob.
+
 Reproducibility: the same prompts, seed, sampling config, model and mesh
 give the same tokens. With `seed` an int, prompt i draws with key
 `fold_in(key(seed), i)`; with one seed per prompt, prompt i uses `key(seed[i])`
@@ -32,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +50,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from cwm_jax.inference.decode import decode_step, prefill
-from cwm_jax.inference.sampling import SamplingConfig, sample_tokens
+from cwm_jax.inference.sampling import SamplingConfig, filter_logits, sample_tokens
 from cwm_jax.inference.stopping import StopCriteria, decode_text
 from cwm_jax.model import transformer
 from cwm_jax.model.config import ModelConfig
@@ -49,6 +58,7 @@ from cwm_jax.model.params import check_params
 from cwm_jax.sharding.partition import param_shardings
 from cwm_jax.sharding.rules import logical_to_spec
 from cwm_jax.tokenizer.base import Tokenizer
+from cwm_jax.train.loss import chunked_token_logprobs
 
 GREEDY = SamplingConfig(temperature=0.0)
 
@@ -56,16 +66,18 @@ GREEDY = SamplingConfig(temperature=0.0)
 @dataclasses.dataclass(frozen=True)
 class GenerationResult:
   """Per prompt, in input order: generated tokens (without the prompt; including
-  the token that stopped it), their log-probs (see `sampling.py`: temperature-
-  scaled, before top-k/top-p) and T=1 log-probs, float32, why it stopped
-  ("stop_token" | "stop_string" | "length"), and the decoded text when a
-  tokenizer was given (ids past the tokenizer's vocabulary have no text)."""
+  the token that stopped it), their log-probs under the distribution each was drawn
+  from (see `sampling.py`: temperature-scaled, after top-k/top-p) and T=1 log-probs,
+  float32, why it stopped ("stop_token" | "stop_string" | "length"), the decoded
+  text when a tokenizer was given (ids past the tokenizer's vocabulary have no
+  text), and the weight version that produced each token (int64)."""
 
   tokens: list[list[int]]
   logprobs: list[np.ndarray]
   raw_logprobs: list[np.ndarray]
   finish_reasons: list[str]
   texts: Optional[list[str]] = None
+  versions: Optional[list[np.ndarray]] = None
 
 
 def _prefill_and_sample(params, tokens_BT, lengths_B, keys_B, temperature, top_k, top_p, *,
@@ -82,19 +94,24 @@ def _decode_and_sample(params, cache, tokens_B, keys_B, step, temperature, top_k
                                 greedy=greedy, filtered=filtered))
 
 
-def _score(params, tokens_BT, temperature, *, cfg):
-  """Log-probs [B, T-1] of tokens 1.. given their prefixes: scaled and T=1."""
-  logits_BTV = transformer.forward(params, tokens_BT, cfg)[:, :-1]
-  target_BT1 = tokens_BT[:, 1:, None]
-  pick = lambda lp: jnp.take_along_axis(lp, target_BT1, axis=-1)[..., 0]
-  return (pick(jax.nn.log_softmax(logits_BTV / temperature, axis=-1)),
-          pick(jax.nn.log_softmax(logits_BTV, axis=-1)))
+def _score(params, tokens_BT, temperature, top_k, top_p, *, cfg, filtered, chunk):
+  """Log-probs [B, T] of tokens[t + 1] given tokens[..t] (0 at the last position):
+  under the sampling distribution (scaled, truncated when `filtered`) and T=1.
+  Chunked over the sequence like the training loss: no [B, T, V] float32 array."""
+  x_BTD = transformer.hidden_states(params, tokens_BT, cfg)
+  head_DV = params["lm_head"].astype(jnp.dtype(cfg.dtype))
+  targets_BT = jnp.concatenate([tokens_BT[:, 1:], jnp.zeros_like(tokens_BT[:, :1])], axis=1)
+  truncate = (lambda l: filter_logits(l, top_k, top_p)) if filtered else None
+  scaled_BT = chunked_token_logprobs(x_BTD, head_DV, targets_BT, chunk_size=chunk,
+                                     temperature=temperature, filter_fn=truncate)
+  raw_BT = chunked_token_logprobs(x_BTD, head_DV, targets_BT, chunk_size=chunk)
+  return scaled_BT, raw_BT
 
 
 _PREFILL = jax.jit(_prefill_and_sample, static_argnames=("cfg", "cache_len", "greedy", "filtered"))
 _DECODE = jax.jit(_decode_and_sample, static_argnames=("cfg", "greedy", "filtered"),
                   donate_argnames=("cache",))
-_SCORE = jax.jit(_score, static_argnames=("cfg",))
+_SCORE = jax.jit(_score, static_argnames=("cfg", "filtered", "chunk"))
 
 
 def compile_count() -> int:
@@ -153,11 +170,19 @@ def _row_keys(seed, n: int, n_rows: int):
   return jax.vmap(jax.random.key)(jnp.asarray(seeds + [0] * (n_rows - n), jnp.uint32))
 
 
+def _check_version(version) -> int:
+  if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+    raise ValueError(f"version={version!r}: expected an int >= 0 (the learner step of the "
+                     "weights).")
+  return int(version)
+
+
 class Sampler:
   """Generation for one model and parameter set; see the module docstring."""
 
   def __init__(self, model_cfg: ModelConfig, params: dict, *, mesh: Optional[Mesh] = None,
-               max_len: Optional[int] = None, min_prompt_bucket: int = 16):
+               max_len: Optional[int] = None, min_prompt_bucket: int = 16, version: int = 0,
+               score_chunk: int = 1024):
     max_len = model_cfg.max_seq_len if max_len is None else max_len
     if isinstance(max_len, bool) or not isinstance(max_len, int) or not 2 <= max_len <= \
         model_cfg.max_seq_len:
@@ -177,7 +202,29 @@ class Sampler:
       with jax.set_mesh(mesh):
         self.params = jax.device_put(params, param_shardings(mesh, model_cfg))
     else:
-      self.params = jax.device_put(params)
+      # Committed to one device, so weights swapped in later (placed the same way)
+      # hit the same compiled programs.
+      self.params = jax.device_put(params, jax.devices()[0])
+    self.version = _check_version(version)
+    self.score_chunk = score_chunk
+    self._lock = threading.Lock()
+
+  def update_weights(self, params: dict, version: int) -> None:
+    """Swaps in new weights (same shapes and dtypes), tagged `version`. They are
+    placed like the current ones, so no program recompiles; a running `generate`
+    uses them from its next decode step. Safe to call from another thread."""
+    check_params(self.cfg, params)
+    version = _check_version(version)
+    # A copy: the caller may donate its arrays (e.g. the next train step) afterwards.
+    placed = jax.device_put(params, jax.tree.map(lambda a: a.sharding, self.params),
+                            may_alias=False)
+    with self._lock:
+      self.params, self.version = placed, version
+
+  def weights(self) -> tuple[dict, int]:
+    """(params, version) as one consistent pair."""
+    with self._lock:
+      return self.params, self.version
 
   def _context(self):
     return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -201,11 +248,14 @@ class Sampler:
   def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                sampling: SamplingConfig = GREEDY, stop_token_ids: Sequence[int] = (),
                stop_strings: Sequence[str] = (), tokenizer: Optional[Tokenizer] = None,
-               seed: Union[int, Sequence[int]] = 0) -> GenerationResult:
+               seed: Union[int, Sequence[int]] = 0,
+               on_step: Optional[Callable[[int], None]] = None) -> GenerationResult:
     """Generates up to `max_new_tokens` tokens after each prompt (token ids).
 
     A row stops at any of `stop_token_ids`, at any of `stop_strings` in its
     decoded text (needs `tokenizer`), or after `max_new_tokens` tokens.
+    `on_step(n)` is called before the forward pass that produces token n (n >= 1;
+    token 0 comes from the prefill), e.g. to `update_weights` mid-generation.
     """
     cfg = self.cfg
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
@@ -250,10 +300,11 @@ class Sampler:
     out_tokens = [[] for _ in range(n)]
     out_lp = [[] for _ in range(n)]
     out_raw = [[] for _ in range(n)]
+    out_version = [[] for _ in range(n)]
     reasons: list[Optional[str]] = [None] * n
     checked = [0] * n
 
-    def consume(tok_B, lp_B, raw_B) -> bool:
+    def consume(tok_B, lp_B, raw_B, version) -> bool:
       """Appends one step's tokens to the live rows; True when every row is done."""
       tok_B, lp_B, raw_B = jax.device_get((tok_B, lp_B, raw_B))
       for b in range(n):
@@ -261,38 +312,55 @@ class Sampler:
           out_tokens[b].append(int(tok_B[b]))
           out_lp[b].append(lp_B[b])
           out_raw[b].append(raw_B[b])
+          out_version[b].append(version)
           reasons[b], checked[b] = criteria.check(out_tokens[b], checked[b])
       return all(r is not None for r in reasons)
 
     with self._context():
       keys_B = self._put(keys_B, ("batch",))
-      cache, *pending = _PREFILL(self.params, self._put(tokens_BT, ("batch", None)),
+      params, version = self.weights()
+      cache, *pending = _PREFILL(params, self._put(tokens_BT, ("batch", None)),
                                  self._put(lengths_B, ("batch",)), keys_B, *knobs,
                                  cache_len=cache_len, **static)
+      pending.append(version)
       for step in range(1, max_new_tokens + 1):
         if step < max_new_tokens:
+          if on_step is not None:
+            on_step(step)
+          params, version = self.weights()
           # Dispatch the next step before reading this one's tokens on the host.
-          cache, *following = _DECODE(self.params, cache, pending[0], keys_B,
+          cache, *following = _DECODE(params, cache, pending[0], keys_B,
                                       jnp.int32(step), *knobs, **static)
+          following.append(version)
         if consume(*pending):  # always true at the last step: every row is at its budget
           break
         pending = following
 
     texts = [decode_text(tokenizer, t) for t in out_tokens] if tokenizer is not None else None
     return GenerationResult(out_tokens, [np.asarray(x, np.float32) for x in out_lp],
-                            [np.asarray(x, np.float32) for x in out_raw], list(reasons), texts)
+                            [np.asarray(x, np.float32) for x in out_raw], list(reasons), texts,
+                            [np.asarray(v, np.int64) for v in out_version])
 
   def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,
-            temperature: float = 1.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            temperature: float = 1.0, sampling: Optional[SamplingConfig] = None
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Teacher-forced log-probs of each continuation given its prompt.
 
     Returns (logprobs, raw_logprobs): per prompt a float32 array with one entry
-    per continuation token, under softmax(logits / temperature) and softmax(logits)
-    (the same two quantities `generate` returns). One full forward pass, no cache.
+    per continuation token, under the sampling distribution (`sampling`, or
+    softmax(logits / temperature)) and softmax(logits): the two quantities
+    `generate` returns. One forward pass, no cache; the log-probs are computed in
+    chunks of `score_chunk` positions, so no [B, T, V] float32 array exists and
+    memory grows linearly with the length.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-        or not temperature > 0:
-      raise ValueError(f"score: temperature={temperature!r}: expected a float > 0.")
+    if sampling is None:
+      if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+          or not temperature > 0:
+        raise ValueError(f"score: temperature={temperature!r}: expected a float > 0.")
+      sampling = SamplingConfig(temperature=float(temperature))
+    elif not isinstance(sampling, SamplingConfig) or sampling.greedy:
+      raise ValueError(f"score: sampling={sampling!r}: expected a SamplingConfig with "
+                       "temperature > 0.")
     if len(continuations) != len(prompts):
       raise ValueError(f"score: {len(prompts)} prompts but {len(continuations)} continuations.")
     prompts = _as_prompts(prompts, self.cfg.vocab_size)
@@ -303,9 +371,12 @@ class Sampler:
         raise ValueError(f"score: prompts[{i}] + continuations[{i}] have {len(s)} tokens, more "
                          f"than the sampler's max_len={self.max_len}.")
     tokens_BT, _ = self._pad_batch(seqs)
+    params, _ = self.weights()
     with self._context():
-      lp_BT, raw_BT = jax.device_get(_SCORE(self.params, self._put(tokens_BT, ("batch", None)),
-                                            jnp.float32(temperature), cfg=self.cfg))
+      lp_BT, raw_BT = jax.device_get(_SCORE(
+          params, self._put(tokens_BT, ("batch", None)), jnp.float32(sampling.temperature),
+          jnp.int32(sampling.top_k), jnp.float32(sampling.top_p), cfg=self.cfg,
+          filtered=sampling.filtered, chunk=self.score_chunk))
     spans = [(len(p) - 1, len(p) - 1 + len(c)) for p, c in zip(prompts, conts)]
     return ([lp_BT[b, s:e].astype(np.float32) for b, (s, e) in enumerate(spans)],
             [raw_BT[b, s:e].astype(np.float32) for b, (s, e) in enumerate(spans)])

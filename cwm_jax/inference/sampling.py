@@ -6,9 +6,11 @@ reaches top_p; sample from what is left. Ties at a cut-off are kept, so
 top-k may keep more than k tokens when logits are exactly equal.
 
 Log-probs returned with every sampled token (RL needs them):
-  logprobs      log softmax(logits / temperature)[token]: the temperature-scaled
-                model distribution *before* top-k/top-p truncation. For greedy
-                decoding (temperature 0) it is the T=1 log-prob.
+  logprobs      the log-prob of the token under the distribution it was drawn
+                from: softmax of the temperature-scaled logits *after* top-k/top-p
+                truncation (the behaviour policy of RL's importance ratios). Greedy
+                decoding (temperature 0) draws from no distribution; it reports the
+                T=1 log-prob.
   raw_logprobs  log softmax(logits)[token]: the model's own (T=1) distribution.
 
 Randomness: row b at generation step n draws with `fold_in(key_b, n)`, so a
@@ -93,9 +95,9 @@ def sample_tokens(logits_BV, keys_B, step, temperature, top_k, top_p, *, greedy:
     logp_BV = raw_BV
   else:
     scaled_BV = logits_BV / temperature
-    logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
     if filtered:
       scaled_BV = filter_logits(scaled_BV, top_k, top_p)
+    logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
     step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
     tokens_B = jax.vmap(jax.random.categorical)(step_keys_B, scaled_BV).astype(jnp.int32)
   pick = lambda a_BV: jnp.take_along_axis(a_BV, tokens_B[:, None], axis=-1)[:, 0]

@@ -17,6 +17,7 @@ LAYER_TYPES = (GLOBAL, LOCAL)
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 REMAT_SCOPES = ("layer", "group")
 DTYPES = ("float32", "bfloat16", "float16")
+CONTEXT_LOAD_BALANCE = ("none", "zigzag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,11 @@ class ModelConfig:
   remat_scope: str = "layer"
   attention_impl: str = "auto"
   attention_chunk: int = 512
+  # With the sequence split over the `context` mesh axis: "zigzag" gives shard c
+  # chunks c and 2C-1-c of the sequence, so every shard does the same causal work
+  # (the objectives permute tokens, targets, positions and segment ids to match);
+  # "none" keeps contiguous shards (the last does C times the first's work).
+  context_load_balance: str = "none"
 
   def __post_init__(self):
     # Lists from JSON/ConfigDicts become tuples so the config stays hashable.
@@ -105,6 +111,8 @@ class ModelConfig:
       bad("remat_scope", self.remat_scope, f"one of {REMAT_SCOPES}")
     if self.attention_impl not in ATTENTION_IMPLS:
       bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+    if self.context_load_balance not in CONTEXT_LOAD_BALANCE:
+      bad("context_load_balance", self.context_load_balance, f"one of {CONTEXT_LOAD_BALANCE}")
     if self.scan_layers:
       p = self.scan_period
       for i in range(self.n_layers // p * p):

@@ -8,12 +8,15 @@ hidden over the tensor axis.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
 from cwm_jax.model.attention import Mask, attention
 from cwm_jax.model.attention.context_parallel import context_parallel_attention
 from cwm_jax.model.config import GLOBAL, ModelConfig
+from cwm_jax.model.kv_cache import LayerKV, attend_with_cache
 from cwm_jax.model.rope import apply_rope
 from cwm_jax.sharding.rules import ambient_axis_size, constrain
 
@@ -37,23 +40,36 @@ def swiglu_mlp(x_BTD, gate_DF, up_DF, down_FD):
   return constrain(jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, down_FD), X_AXES)
 
 
-def self_attention(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig):
+def project_qkv(lp: dict, x_BTD, cos_BTH, sin_BTH):
+  """Queries, keys (both after RoPE) and values of one layer."""
   q_BTNH = constrain(jnp.einsum("BTD,DNH->BTNH", x_BTD, lp["q"]), Q_AXES)
   k_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["k"]), KV_AXES)
   v_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["v"]), KV_AXES)
-  q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
-  k_BTKH = apply_rope(k_BTKH, cos_BTH, sin_BTH)
-  if ambient_axis_size("length") > 1:
+  return apply_rope(q_BTNH, cos_BTH, sin_BTH), apply_rope(k_BTKH, cos_BTH, sin_BTH), v_BTKH
+
+
+def self_attention(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig,
+                   kv: Optional[LayerKV] = None):
+  """(out_BTD, cache stacks): attention of the layer. Without `kv` (training) the
+  keys are the sequence itself; with it (inference) they are the cached ones plus
+  the new tokens, whose K/V are stored (`kv_cache.attend_with_cache`)."""
+  q_BTNH, k_BTKH, v_BTKH = project_qkv(lp, x_BTD, cos_BTH, sin_BTH)
+  stacks = None
+  if kv is not None:
+    out_BTNH, stacks = attend_with_cache(q_BTNH, k_BTKH, v_BTKH, mask, kv, cfg)
+  elif ambient_axis_size("length") > 1:
     # Sequence sharded over the context axis: shard_map attention that gathers
-    # K/V (global layers) or only a window-sized halo (local layers).
+    # K/V (global layers) or only a window-sized halo (local layers). With
+    # zig-zag load balance the tokens arrive permuted (`context_layout`).
     impl = "chunked" if cfg.attention_impl == "auto" else cfg.attention_impl
     out_BTNH = context_parallel_attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=impl,
-                                          chunk=cfg.attention_chunk, load_balance="none")
+                                          chunk=cfg.attention_chunk,
+                                          load_balance=cfg.context_load_balance)
   else:
     out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=cfg.attention_impl,
                          chunk=cfg.attention_chunk)
   out_BTNH = constrain(out_BTNH, Q_AXES)
-  return constrain(jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES)
+  return constrain(jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES), stacks
 
 
 def layer_mask(layer_type: str, segment_ids_BT, cfg: ModelConfig) -> Mask:
@@ -62,10 +78,13 @@ def layer_mask(layer_type: str, segment_ids_BT, cfg: ModelConfig) -> Mask:
               kv_segment_ids=segment_ids_BT)
 
 
-def decoder_layer(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig):
-  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+def decoder_layer(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConfig,
+                  kv: Optional[LayerKV] = None):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). The one layer
+  body of training, prefill and decoding: returns (x_BTD, cache stacks or None)."""
   x_BTD = constrain(x_BTD, X_AXES)
   h_BTD = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
-  x_BTD = x_BTD + self_attention(lp, h_BTD, cos_BTH, sin_BTH, mask, cfg)
+  attn_BTD, stacks = self_attention(lp, h_BTD, cos_BTH, sin_BTH, mask, cfg, kv)
+  x_BTD = x_BTD + attn_BTD
   h_BTD = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
-  return x_BTD + swiglu_mlp(h_BTD, lp["gate"], lp["up"], lp["down"])
+  return x_BTD + swiglu_mlp(h_BTD, lp["gate"], lp["up"], lp["down"]), stacks

@@ -41,6 +41,14 @@ def batch_sharding(mesh: Mesh, rules: Optional[dict] = None) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(BATCH_AXES, mesh, rules))
 
 
+def batch_tree_sharding(mesh: Mesh, batch, rules: Optional[dict] = None):
+  """Per array of a batch: [B, T] arrays as `batch_sharding`, [B] arrays split
+  over the batch axes only."""
+  two_d = batch_sharding(mesh, rules)
+  one_d = NamedSharding(mesh, logical_to_spec(BATCH_AXES[:1], mesh, rules))
+  return jax.tree.map(lambda x: one_d if len(x.shape) == 1 else two_d, batch)
+
+
 def _key(k) -> object:
   # DictKey / GetAttrKey / SequenceKey -> a hashable, comparable value.
   for attr in ("key", "name", "idx"):

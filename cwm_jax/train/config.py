@@ -59,6 +59,7 @@ class DataConfig:
   overflow: str = "split"
   pack_open_rows: int = 8
   num_workers: int = 0
+  producer: str = "grain"        # what yields batches (cwm_jax.train.components)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +72,19 @@ class TrainConfig:
   """
   steps: int
   accum_steps: int = 1
+  objective: str = "cross_entropy"  # what the step minimises (cwm_jax.train.components)
+  # The summed loss is divided by the batch's total loss weight ("weight") or by a
+  # constant (CWM's RL: 131072), exactly whatever accum_steps is.
+  loss_normaliser: Union[str, float] = "weight"
   z_loss: float = 0.0
   loss_chunk: int = 1024
   log_every: int = 10
   eval_every: int = 0            # 0: evaluate only at the end
   eval_batches: int = 4
+  eval_hooks: tuple[str, ...] = ()  # extra evaluations, e.g. ("trace_metrics",)
+  trace_eval_programs: int = 16     # trace_metrics: held-out traces, frames each, budget
+  trace_eval_frames: int = 2
+  trace_eval_max_new_tokens: int = 256
   checkpoint_every: int = 100
   keep_last: int = 3
   keep_every: Optional[int] = None
@@ -146,14 +155,13 @@ def _coerce(value: Any, tp, where: str) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
       return None
-    errors = []
     for arg in args:
       if arg is type(None):
         continue
       try:
         return _coerce(value, arg, where)
-      except ConfigError as e:
-        errors.append(str(e))
+      except ConfigError:
+        pass
     raise ConfigError(f"{where}={value!r}: expected {' or '.join(_type_name(a) for a in args)}.")
   if origin is tuple:
     (item, *_) = typing.get_args(tp)
@@ -248,8 +256,7 @@ def experiment_config(config: Any) -> ExperimentConfig:
   data = _dataclass(DataConfig, d["data"], "config.data")
   if not data.sources:
     raise ConfigError("config.data.sources is empty: give at least one source.")
-  train = _dataclass(TrainConfig, d["train"], "config.train")
-  _check_train(train)
+  train = _check_train(_dataclass(TrainConfig, d["train"], "config.train"))
   cfg = ExperimentConfig(
       name=_coerce(d.get("name", stage), str, "config.name"),
       stage=stage,
@@ -268,15 +275,31 @@ def experiment_config(config: Any) -> ExperimentConfig:
     raise ConfigError("config.init_optimizer_state=True needs config.init_from (a training checkpoint).")
   if cfg.init_from and not os.path.exists(cfg.init_from):
     raise ConfigError(f"config.init_from={cfg.init_from!r} does not exist.")
+  from cwm_jax.train import components  # pylint: disable=import-outside-toplevel
+  components.check_name("objective", cfg.train.objective, "config.train.objective")
+  components.check_name("producer", cfg.data.producer, "config.data.producer")
+  for i, hook in enumerate(cfg.train.eval_hooks):
+    components.check_name("eval_hook", hook, f"config.train.eval_hooks[{i}]")
   pipeline_config(cfg)  # the data pipeline's own checks (paths, kinds, tokenizer)
   if cfg.data.eval_sources:
     pipeline_config(cfg, eval_split=True)
   return cfg
 
 
-def _check_train(t: TrainConfig) -> None:
+def _check_train(t: TrainConfig) -> TrainConfig:
   def bad(field, expected):
     raise ConfigError(f"config.train.{field}={getattr(t, field)!r}: expected {expected}.")
+  from cwm_jax.train.objectives import WEIGHT, check_normaliser  # pylint: disable=import-outside-toplevel
+  normaliser = t.loss_normaliser
+  if isinstance(normaliser, str) and normaliser != WEIGHT:
+    try:  # a number given on the command line arrives as text
+      normaliser = float(normaliser)
+    except ValueError:
+      pass
+  try:
+    t = dataclasses.replace(t, loss_normaliser=check_normaliser(normaliser))
+  except ValueError:
+    bad("loss_normaliser", f"{WEIGHT!r} (the batch's total loss weight) or a positive number")
   for field in ("steps", "accum_steps", "loss_chunk", "log_every", "eval_batches",
                 "checkpoint_every", "keep_last", "max_nonfinite_steps", "profile_steps"):
     if getattr(t, field) < 1:
@@ -289,6 +312,10 @@ def _check_train(t: TrainConfig) -> None:
     bad("nan_policy", f"one of {NAN_POLICIES}")
   if t.z_loss < 0:
     bad("z_loss", "a number >= 0")
+  for field in ("trace_eval_programs", "trace_eval_frames", "trace_eval_max_new_tokens"):
+    if getattr(t, field) < 1:
+      bad(field, "an integer >= 1")
+  return t
 
 
 def pipeline_config(cfg: ExperimentConfig, *, eval_split: bool = False):

@@ -1,11 +1,12 @@
-"""The training loop: `train(cfg, workdir)` runs one stage (pretrain, midtrain, SFT).
+"""The training loop: `train(cfg, workdir)` runs one stage (pretrain, midtrain, SFT, ...).
 
-It owns everything around the pure `train_step`: the mesh, the grain iterator,
-checkpoints (Orbax, asynchronous; resume is automatic when `workdir` has
+It owns everything around the pure `train_step`: the mesh, the batch producer
+(the grain pipeline by default; RL rollouts are another), the objective, step
+hooks, checkpoints (Orbax, asynchronous; resume is automatic when `workdir` has
 some), held-out evaluation, metrics, profiling and preemption. Workdir layout
 (OVERVIEW.md): `checkpoints/`, `metrics.jsonl`, `tensorboard/`, `config.json`.
 
-Exactness: a checkpoint holds the train state, the data iterator's state and
+Exactness: a checkpoint holds the train state, the batch producer's state and
 the RNG key, and `metrics.jsonl` is cut back to the restored step on resume,
 so a run killed at any point and resumed writes the same per-step losses, bit
 for bit, as one that was never interrupted (tests/train/test_loop.py).
@@ -25,13 +26,15 @@ from absl import logging
 
 from cwm_jax.sharding import make_mesh
 from cwm_jax.sharding.distributed import global_batch
-from cwm_jax.sharding.partition import batch_sharding, check_batch_shape
+from cwm_jax.sharding.partition import batch_tree_sharding, check_batch_shape
 from cwm_jax.train.checkpoint import Checkpoints
 from cwm_jax.train.config import ConfigError, ExperimentConfig, pipeline_config
-from cwm_jax.train.evaluation import EvalHook, HeldOutLoss, jit_eval_sums
+from cwm_jax.train.evaluation import EvalHook, HeldOutLoss, held_out_batches, jit_eval_sums
 from cwm_jax.train.init import initial_state
 from cwm_jax.train.metrics import MetricsWriter
+from cwm_jax.train.objectives import Objective
 from cwm_jax.train.optimizer import make_optimizer, make_schedule
+from cwm_jax.train.producers import BatchProducer, StepHook, check_producer
 from cwm_jax.train.state import abstract_train_state, train_state_shardings
 from cwm_jax.train.step import jit_train_step
 from cwm_jax.train.throughput import Throughput
@@ -125,9 +128,19 @@ class _PendingMetrics:
     logging.warning("%s; skipped (nan_policy='skip', %d in a row)", what, self.nonfinite_in_a_row)
 
 
-def train(cfg: ExperimentConfig, workdir: str,
+def train(cfg: ExperimentConfig, workdir: str, *, producer: Optional[BatchProducer] = None,
+          objective: Optional[Objective] = None, step_hooks: Sequence[StepHook] = (),
           eval_hooks: Sequence[EvalHook] = ()) -> dict:
-  """Runs (or resumes) the stage described by `cfg` in `workdir`; returns a summary."""
+  """Runs (or resumes) the stage described by `cfg` in `workdir`; returns a summary.
+
+  The objective and the batch producer are the ones the config names
+  (`config.train.objective`, `config.data.producer`) unless given here; the
+  producer's state is checkpointed with the train state, and `train` closes it.
+  `step_hooks` run after every step (state, step, device metrics); `eval_hooks`
+  (params, step) -> metrics run with the held-out evaluation, after the ones
+  `config.train.eval_hooks` names.
+  """
+  from cwm_jax.train import components  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
   _check_tokenizer(cfg)
   mesh = make_mesh(cfg.mesh)
@@ -139,24 +152,26 @@ def train(cfg: ExperimentConfig, workdir: str,
     check_batch_shape(mesh, (cfg.data.batch_size, cfg.data.seq_len))
   except ValueError as e:
     raise ConfigError(f"config.data.batch_size / seq_len do not fit config.mesh: {e}") from None
-  processes = jax.process_count()
-  if cfg.data.batch_size % processes:
+  if cfg.data.batch_size % jax.process_count():
     raise ConfigError(f"config.data.batch_size={cfg.data.batch_size} is not divisible by the "
-                      f"{processes} processes.")
-  pipeline = pipeline_config(cfg)
-  if processes > 1:
-    pipeline = dataclasses.replace(pipeline, batch_size=cfg.data.batch_size // processes)
+                      f"{jax.process_count()} processes.")
+  objective = objective or components.build("objective", cfg.train.objective, cfg)
+  hooks = [components.build("eval_hook", name, cfg) for name in cfg.train.eval_hooks]
+  hooks += list(eval_hooks)
 
   try:
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep_last=cfg.train.keep_last,
                         keep_every=cfg.train.keep_every, async_save=cfg.train.async_checkpoint,
                         identity=cfg.identity(), model_config=cfg.model)
   except ValueError as e:  # the workdir holds another experiment's checkpoints
+    if producer is not None:
+      producer.close()
     raise ConfigError(f"--workdir={workdir}: {e}") from None
   _write_config(cfg, workdir)
   writer = MetricsWriter(workdir, total_steps=None)
-  from data_pipelines.pipeline import build_train_iterator  # pylint: disable=import-outside-toplevel
-  data = build_train_iterator(pipeline)
+  data = producer if producer is not None else components.build("producer", cfg.data.producer,
+                                                                cfg)
+  check_producer(data)
   rng = jax.random.key(cfg.seed)
   try:
     if ckpts.latest_step() is not None:
@@ -172,89 +187,101 @@ def train(cfg: ExperimentConfig, workdir: str,
       start = int(state.step)
     end = start + cfg.train.steps
     writer.total_steps = end
-    return _run(cfg, workdir, mesh, state, rng, data, ckpts, writer, shardings, schedule,
-                optimizer, start, end, eval_hooks)
+    loop = _Loop(cfg, workdir, mesh, shardings, optimizer, schedule, objective, ckpts, writer,
+                 data, hooks, list(step_hooks), start, end)
+    return loop.run(state, rng)
   finally:
     data.close()
     ckpts.close()
     writer.close()
 
 
-def _run(cfg, workdir, mesh, state, rng, data, ckpts, writer, shardings, schedule, optimizer,
-         start, end, eval_hooks) -> dict:
-  train_cfg = cfg.train
-  step_fn = jit_train_step(mesh, cfg.model, optimizer, shardings, accum_steps=train_cfg.accum_steps,
-                           z_loss=train_cfg.z_loss, loss_chunk=train_cfg.loss_chunk,
-                           lr_schedule=schedule, nonfinite_guard=True)
-  hooks = list(eval_hooks)
-  if cfg.data.eval_sources:
-    sums = jit_eval_sums(mesh, cfg.model, shardings.params, train_cfg.loss_chunk)
-    from data_pipelines.pipeline import build_train_iterator  # pylint: disable=import-outside-toplevel
-    eval_pipeline = pipeline_config(cfg, eval_split=True)
-    hooks.insert(0, HeldOutLoss(lambda: build_train_iterator(eval_pipeline),
-                                train_cfg.eval_batches, sums))
-  throughput = Throughput(cfg.model, processes=jax.process_count())
-  pending = _PendingMetrics(cfg, writer)
-  b_sharding = batch_sharding(mesh)
-  step = int(state.step)
-  last_eval = {}
-  profiling = False
-  t_log, steps_since_log = time.perf_counter(), 0
+class _Loop:
+  """The step loop of one `train` call (state threaded through `run`)."""
 
-  def evaluate(at_step):
+  def __init__(self, cfg, workdir, mesh, shardings, optimizer, schedule, objective, ckpts,
+               writer, data, eval_hooks, step_hooks, start, end):
+    self.cfg, self.workdir, self.mesh = cfg, workdir, mesh
+    self.ckpts, self.writer, self.data = ckpts, writer, data
+    self.step_hooks, self.start, self.end = step_hooks, start, end
+    train_cfg = cfg.train
+    self.step_fn = jit_train_step(mesh, cfg.model, optimizer, shardings, objective=objective,
+                                  accum_steps=train_cfg.accum_steps,
+                                  normaliser=train_cfg.loss_normaliser, lr_schedule=schedule,
+                                  nonfinite_guard=True)
+    self.eval_hooks = list(eval_hooks)
+    if cfg.data.eval_sources:
+      sums = jit_eval_sums(mesh, cfg.model, shardings.params, train_cfg.loss_chunk)
+      # The global held-out config: each process reads its own share, once.
+      self.eval_hooks.insert(0, HeldOutLoss(held_out_batches(pipeline_config(cfg, eval_split=True)),
+                                            train_cfg.eval_batches, sums))
+
+  def _save(self, state, rng, at_step):
+    self.ckpts.save(at_step, state, data_state=self.data.get_state(), rng=rng,
+                    meta={"start_step": self.start, "end_step": self.end,
+                          "stage": self.cfg.stage})
+
+  def _evaluate(self, params, at_step) -> dict:
     out = {}
-    for hook in hooks:
-      out.update(hook(state.params, at_step))
+    for hook in self.eval_hooks:
+      out.update(hook(params, at_step))
     return out
 
-  def save(at_step):
-    ckpts.save(at_step, state, data_state=data.get_state(), rng=rng,
-               meta={"start_step": start, "end_step": end, "stage": cfg.stage})
-
-  with _Preemption() as preemption:
-    while step < end:
-      if train_cfg.profile_start >= 0 and step == train_cfg.profile_start:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-        profiling = True
-      batch = next(data)
-      throughput.add_batch(batch)
-      if jax.process_count() > 1:
-        batch = global_batch(batch, b_sharding)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      steps_since_log += 1
-      pending.add(step, metrics)
-      if profiling and step >= train_cfg.profile_start + train_cfg.profile_steps:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        profiling = False
-      last = step == end
-      do_eval = bool(hooks) and (last or (train_cfg.eval_every and step % train_cfg.eval_every == 0))
-      do_log = last or step % train_cfg.log_every == 0 or do_eval or preemption.requested
-      do_save = last or step % train_cfg.checkpoint_every == 0 or preemption.requested
-      if do_log or do_save:
-        extra = {}
-        if do_log:
-          jax.block_until_ready(state.step)
-          now = time.perf_counter()
-          extra.update(throughput.measure(steps_since_log, now - t_log))
-          extra.update({f"data/{k}": v for k, v in data.stats.counts.items()})
-          t_log, steps_since_log = now, 0
-        if do_eval:
-          last_eval = evaluate(step)
-          extra.update(last_eval)
-        pending.flush(extra)  # raises on NaN per policy, before anything is saved
-        if do_log:
-          t_log = time.perf_counter()  # evaluation time is not training time
-      if do_save:
-        save(step)
-      if preemption.requested and not last:
-        ckpts.wait()
-        logging.warning("preempted: checkpoint of step %d saved in %s; re-run the same command "
-                        "to resume", step, ckpts.directory)
-        return {"step": step, "preempted": True, **last_eval}
-  if profiling:
-    jax.profiler.stop_trace()
-  ckpts.wait()
-  return {"step": step, "preempted": False, "nonfinite_steps": pending.nonfinite_total,
-          **last_eval}
+  def run(self, state, rng) -> dict:
+    cfg, train_cfg, data = self.cfg, self.cfg.train, self.data
+    throughput = Throughput(cfg.model, processes=jax.process_count())
+    pending = _PendingMetrics(cfg, self.writer)
+    b_sharding = batch_tree_sharding
+    step = int(state.step)
+    last_eval = {}
+    profiling = False
+    t_log, steps_since_log = time.perf_counter(), 0
+    with _Preemption() as preemption:
+      while step < self.end:
+        if train_cfg.profile_start >= 0 and step == train_cfg.profile_start:
+          jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+          profiling = True
+        batch = next(data)
+        throughput.add_batch(batch)
+        if jax.process_count() > 1:
+          batch = global_batch(batch, b_sharding(self.mesh, batch))
+        state, metrics = self.step_fn(state, batch)
+        step += 1
+        steps_since_log += 1
+        pending.add(step, {**metrics, **data.metrics()})
+        for hook in self.step_hooks:
+          hook(state, step, metrics)
+        if profiling and step >= train_cfg.profile_start + train_cfg.profile_steps:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          profiling = False
+        last = step == self.end
+        do_eval = bool(self.eval_hooks) and (
+            last or (train_cfg.eval_every and step % train_cfg.eval_every == 0))
+        do_log = last or step % train_cfg.log_every == 0 or do_eval or preemption.requested
+        do_save = last or step % train_cfg.checkpoint_every == 0 or preemption.requested
+        if do_log or do_save:
+          extra = {}
+          if do_log:
+            jax.block_until_ready(state.step)
+            now = time.perf_counter()
+            extra.update(throughput.measure(steps_since_log, now - t_log))
+            t_log, steps_since_log = now, 0
+          if do_eval:
+            last_eval = self._evaluate(state.params, step)
+            extra.update(last_eval)
+          pending.flush(extra)  # raises on NaN per policy, before anything is saved
+          if do_log:
+            t_log = time.perf_counter()  # evaluation time is not training time
+        if do_save:
+          self._save(state, rng, step)
+        if preemption.requested and not last:
+          self.ckpts.wait()
+          logging.warning("preempted: checkpoint of step %d saved in %s; re-run the same "
+                          "command to resume", step, self.ckpts.directory)
+          return {"step": step, "preempted": True, **last_eval}
+    if profiling:
+      jax.profiler.stop_trace()
+    self.ckpts.wait()
+    return {"step": step, "preempted": False, "nonfinite_steps": pending.nonfinite_total,
+            **last_eval}

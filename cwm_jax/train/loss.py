@@ -1,5 +1,5 @@
-"""Masked next-token cross-entropy, computed in chunks of the sequence so the
-[B, T, V] float32 logits (V = 128k for CWM) never exist at once.
+"""Masked next-token cross-entropy and per-token log-probs, computed in chunks of
+the sequence so the [B, T, V] float32 logits (V = 128k for CWM) never exist at once.
 
 Target convention (packed rows, see `next_token_targets`): position t predicts
 tokens[t + 1]; it counts iff loss_mask[t + 1] is set and tokens t and t + 1
@@ -11,6 +11,7 @@ tokens, not by rows.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -73,8 +74,7 @@ def chunked_cross_entropy(x_BTD, head_DV, targets_BT, weights_BT, *,
   if chunk_size <= 0:
     raise ValueError(f"chunked_cross_entropy: chunk_size={chunk_size}, expected a positive int.")
   B, T, D = x_BTD.shape
-  n = -(-T // chunk_size)
-  C = -(-T // n)
+  n, C = _strided_chunks(T, chunk_size)
   if C * n != T:  # pad with zero-weight positions
     pad = C * n - T
     x_BTD = jnp.pad(x_BTD, ((0, 0), (0, pad), (0, 0)))
@@ -92,6 +92,67 @@ def chunked_cross_entropy(x_BTD, head_DV, targets_BT, weights_BT, *,
 
   total, _ = jax.lax.scan(body, LossSums.zeros(), (x_nBCD, targets_nBC, weights_nBC))
   return total
+
+
+def _chunk_logprobs(x_BCD, head_DV, targets_BC, *, temperature, with_entropy: bool, filter_fn):
+  logits_BCV = jnp.einsum("BCD,DV->BCV", x_BCD, head_DV, preferred_element_type=jnp.float32)
+  logits_BCV = constrain(logits_BCV, ("batch", "length", "act_vocab"))
+  if not (isinstance(temperature, float) and temperature == 1.0):
+    logits_BCV = logits_BCV / temperature
+  if filter_fn is not None:
+    B, C, V = logits_BCV.shape
+    logits_BCV = filter_fn(logits_BCV.reshape(B * C, V)).reshape(B, C, V)
+  lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+  vocab_V = jnp.arange(logits_BCV.shape[-1], dtype=targets_BC.dtype)
+  label_BC = jnp.sum(jnp.where(vocab_V == targets_BC[..., None], logits_BCV, 0.0), axis=-1)
+  if not with_entropy:
+    return label_BC - lse_BC
+  probs_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+  finite_BCV = jnp.where(probs_BCV > 0, logits_BCV, 0.0)  # truncated logits: 0 * -inf
+  return label_BC - lse_BC, lse_BC - jnp.sum(probs_BCV * finite_BCV, axis=-1)
+
+
+def _strided_chunks(T: int, chunk_size: int) -> tuple[int, int]:
+  """(n, C): n strided slices of C positions covering T (padded to n * C)."""
+  if chunk_size <= 0:
+    raise ValueError(f"chunk_size={chunk_size}: expected a positive int.")
+  n = -(-T // chunk_size)
+  return n, -(-T // n)
+
+
+def chunked_token_logprobs(x_BTD, head_DV, targets_BT, *, chunk_size: int = 1024,
+                           temperature=1.0, with_entropy: bool = False, filter_fn=None):
+  """Per-token log-probs [B, T] of `targets_BT` under softmax(x @ head / temperature),
+  and with `with_entropy` also the entropy [B, T] of that distribution.
+  `temperature` may be traced; `filter_fn` ([N, V] -> [N, V], e.g. top-k/top-p
+  truncation to -inf) is applied to the scaled logits first.
+
+  Chunked exactly like `chunked_cross_entropy` (strided slices scanned under
+  `jax.checkpoint`), so forward and backward hold one [B, T / n, V] logits chunk and
+  no [B, T, V] float32 array exists. Differentiable: policy-gradient losses are
+  built on it.
+  """
+  B, T, D = x_BTD.shape
+  n, C = _strided_chunks(T, chunk_size)
+  if C * n != T:
+    x_BTD = jnp.pad(x_BTD, ((0, 0), (0, C * n - T), (0, 0)))
+    targets_BT = jnp.pad(targets_BT, ((0, 0), (0, C * n - T)))
+  x_nBCD = jnp.moveaxis(x_BTD.reshape(B, C, n, D), 2, 0)
+  targets_nBC = jnp.moveaxis(targets_BT.reshape(B, C, n), 2, 0)
+  if isinstance(temperature, (int, float)):
+    temperature = float(temperature)
+  chunk = jax.checkpoint(functools.partial(_chunk_logprobs, with_entropy=with_entropy,
+                                           filter_fn=filter_fn))
+
+  def body(_, xs):
+    x_BCD, targets_BC = xs
+    return None, chunk(constrain(x_BCD, ("batch", "length", "act_embed")), head_DV, targets_BC,
+                       temperature=temperature)
+
+  _, out = jax.lax.scan(body, None, (x_nBCD, targets_nBC))
+  # Slice j holds positions j, j + n, ...: [n, B, C] -> [B, C, n] -> [B, T].
+  unstride = lambda a_nBC: jnp.moveaxis(a_nBC, 0, 2).reshape(B, C * n)[:, :T]
+  return jax.tree.map(unstride, out)
 
 
 def mean_loss(sums: LossSums, z_loss: float = 0.0) -> jax.Array:

@@ -82,7 +82,9 @@ def long_context_model(variant: str) -> ml_collections.ConfigDict:
   if variant == "tiny":
     return model_config(variant, max_seq_len=4096,
                         rope_scaling=dict(ROPE, factor=4.0, original_max_positions=256))
-  return model_config(variant, max_seq_len=131072, rope_scaling=ROPE)
+  # 131k tokens split over the context axis: zig-zag shards balance the causal work.
+  return model_config(variant, max_seq_len=131072, rope_scaling=ROPE,
+                      context_load_balance="zigzag")
 
 
 def source(name: str, paths, kind: str, weight: float = 1.0) -> dict:

@@ -134,6 +134,26 @@ def test_evaluate_samples_n_per_task_with_the_given_settings(he, tokenizer, func
   assert summary["pass@1"] == 0.5 and summary["pass@2"] == 1.0 and len(rows) == 6
 
 
+@pytest.mark.parametrize("prompt_format, stops", [("plain", ("[DONE]",)), ("chat", ())])
+def test_mbpp_evaluate_stops_plain_completions_at_done(mb, tokenizer, function_completer,
+                                                       need_sandbox, prompt_format, stops):
+  problems = mb[:3]
+
+  def answer(text, kwargs):
+    (p,) = [p for p in problems if p.text.strip() in text]
+    return p.code + "\n[DONE]\nprint(1)" if prompt_format == "plain" else (
+        f"```python\n{p.code}\n```\nprint(1)")
+
+  model = function_completer(tokenizer, answer)
+  summary, rows = mbpp.evaluate(model, problems, prompt_format)
+  assert model.calls == [dict(n=1, max_new_tokens=512, temperature=0.0, top_p=1.0,
+                              stop_strings=stops, stop_token_ids=(), seed=0)]
+  # The module docstring's check program: code, test_setup_code, then the asserts.
+  assert [r["program"] for r in rows] == [
+      "\n".join([p.code + "\n", p.test_setup_code, *p.test_list]) + "\n" for p in problems]
+  assert summary["pass@1"] == 1.0 and [r["reason"] for r in rows] == ["passed"] * 3
+
+
 def test_codegen_sampling_validation():
   with pytest.raises(ValueError, match="ks"):
     CodegenSampling(n=2, temperature=0.8, ks=(1, 5))

@@ -1,4 +1,5 @@
-"""Cached prefill + decode computes the logits of the full forward pass.
+"""Cached prefill + decode (and cache extension by several tokens at once, as a
+multi-turn episode feeds an observation) computes the logits of the full forward pass.
 
 Every decode step's logits are compared with `transformer.forward` run on the
 prompt plus all tokens fed so far, for a batch of prompts of different
@@ -14,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cwm_jax.inference import cache as cache_lib
-from cwm_jax.inference.decode import decode_step, prefill
+from cwm_jax.model import kv_cache as cache_lib
+from cwm_jax.inference.decode import decode_step, extend, prefill
 from cwm_jax.model import ModelConfig, init_params, transformer
 from cwm_jax.model.config import GLOBAL, LOCAL, RopeScaling
 
@@ -48,6 +49,11 @@ def _prefill(params, tokens, lengths, cfg, cache_len):
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnums=(1,))
 def _decode(params, cache, tokens, cfg):
   return decode_step(params, cache, tokens, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnums=(1,))
+def _extend(params, cache, tokens, counts, cfg):
+  return extend(params, cache, tokens, counts, cfg)
 
 
 def _close(ours, ref, what):
@@ -108,3 +114,44 @@ def test_ring_slot_positions_match_numpy(ring):
       written = [p for p in range(q + 1) if p % ring == s]
       assert row[s] == (written[-1] if written else row[s])
       assert (row[s] >= 0) == bool(written)
+
+
+@pytest.mark.parametrize("name", ["scanned_tail", "unscanned_llama3"])
+def test_extending_by_several_tokens_equals_forward(name):
+  """Rounds of right-padded extensions with per-row counts (0 included, and more
+  tokens than the local window at once, so the ring is read before it is
+  overwritten), then decoding: logits after each row's last real token equal the
+  full forward pass over everything fed (one causal pass over the final rows)."""
+  cfg = CONFIGS[name]
+  params = init_params(cfg, jax.random.key(1))
+  rng = np.random.RandomState(1)
+  prompts = [rng.randint(0, VOCAB, n) for n in PROMPT_LENGTHS]
+  tokens = np.zeros((len(prompts), 16), np.int32)
+  for b, p in enumerate(prompts):
+    tokens[b, :len(p)] = p
+  logits, cache = _prefill(params, jnp.asarray(tokens), jnp.asarray(PROMPT_LENGTHS, jnp.int32),
+                           cfg, 64)
+  fed = [list(p) for p in prompts]
+  checks = []  # (row, index of the last token fed, logits after it)
+  T = 2 * WINDOW + 3
+  for counts in ([3, 0, T, 5], [T, 1, 7, 0], [2, T, 0, 4]):
+    chunk = rng.randint(0, VOCAB, (len(prompts), T)).astype(np.int32)  # padding: garbage
+    logits, cache = _extend(params, cache, jnp.asarray(chunk), jnp.asarray(counts, jnp.int32),
+                            cfg)
+    for b, n in enumerate(counts):
+      fed[b] += list(chunk[b, :n])
+      if n:
+        checks.append((b, len(fed[b]) - 1, np.asarray(logits)[b]))
+    np.testing.assert_array_equal(cache.positions, [len(f) for f in fed])
+  step = rng.randint(0, VOCAB, len(prompts)).astype(np.int32)
+  logits, cache = _decode(params, cache, jnp.asarray(step), cfg)
+  for b in range(len(prompts)):
+    fed[b].append(int(step[b]))
+    checks.append((b, len(fed[b]) - 1, np.asarray(logits)[b]))
+  L = max(len(f) for f in fed)
+  rows = np.asarray([f + [0] * (L - len(f)) for f in fed], np.int32)  # causal: tails unseen
+  ref = np.asarray(jax.jit(transformer.forward, static_argnames="cfg")(
+      params, jnp.asarray(rows), cfg=cfg.replace(attention_impl="reference")))
+  assert len(checks) == 13
+  for b, k, got in checks:
+    _close(got, ref[b, k], f"{name} row {b} token {k}")

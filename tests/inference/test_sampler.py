@@ -101,12 +101,14 @@ def test_buckets_avoid_recompiling(model):
 def test_score_equals_generated_logprobs(sampler):
   prompts = prompts_of((6, 2, 10), seed=5)
   out = sampler.generate(prompts, max_new_tokens=12, sampling=SAMPLING, seed=1)
-  # Log-probs are of the temperature-scaled distribution before top-k/top-p.
-  scaled, raw = sampler.score(prompts, out.tokens, temperature=SAMPLING.temperature)
+  # Log-probs are of the distribution sampled from: temperature-scaled, then top-k/top-p.
+  behaviour, raw = sampler.score(prompts, out.tokens, sampling=SAMPLING)
+  scaled, _ = sampler.score(prompts, out.tokens, temperature=SAMPLING.temperature)
   for i in range(len(prompts)):
-    np.testing.assert_allclose(scaled[i], out.logprobs[i], atol=1e-4)
+    np.testing.assert_allclose(behaviour[i], out.logprobs[i], atol=1e-4)
     np.testing.assert_allclose(raw[i], out.raw_logprobs[i], atol=1e-4)
-  assert not np.allclose(scaled[0], raw[0])
+    assert np.all(scaled[i] <= behaviour[i] + 1e-6)  # truncation only adds mass
+  assert not np.allclose(scaled[0], raw[0]) and not np.allclose(scaled[0], behaviour[0])
 
 
 def test_sharded_equals_unsharded(model, sampler):

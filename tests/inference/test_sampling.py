@@ -65,8 +65,8 @@ def test_top_k_top_p_sample_only_the_allowed_set(top_k, top_p):
   # Within the set, frequencies follow the renormalised distribution.
   p = np.exp(np_log_softmax(np.where(allowed, LOGITS / 1.3, -np.inf)))
   np.testing.assert_array_less(np.abs(counts / N_DRAWS - p), 5 * np.sqrt(p * (1 - p) / N_DRAWS) + 1e-3)
-  # The reported log-prob is of the untruncated temperature-scaled distribution.
-  np.testing.assert_allclose(logprobs, np_log_softmax(LOGITS / 1.3)[tokens], atol=1e-5)
+  # The reported log-prob is of the distribution sampled from: scaled, then truncated.
+  np.testing.assert_allclose(logprobs, np.log(p[tokens]), atol=1e-5)
 
 
 def test_filter_logits_matches_numpy_on_random_rows():

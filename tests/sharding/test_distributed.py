@@ -4,9 +4,6 @@ feeding its half of the batch; losses and parameters must match a single
 process with 8 local devices. Also the settings/batch-assembly error paths."""
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,58 +15,20 @@ from cwm_jax.sharding import MeshConfig, make_mesh
 from cwm_jax.sharding.distributed import (global_batch, global_shape_of, initialize_distributed,
                                           local_rows, resolve_settings)
 from cwm_jax.sharding.partition import batch_sharding
+from tests.multiprocess import free_port, run_workers, worker_env
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
-REPO = WORKER.parents[2]
-TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env(n_devices: int) -> dict:
-  env = {k: v for k, v in os.environ.items() if not k.startswith("CWM_")}
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = str(REPO)
-  return env
-
-
-def _run_all(commands, log_dir: Path):
-  """Starts every (argv, env) at once, output to log files (a full pipe cannot
-  block a worker while its peer waits in a collective); kills all of them on
-  timeout or failure so a broken run cannot hang the suite."""
-  logs = [open(log_dir / f"worker{i}.log", "w+") for i in range(len(commands))]
-  procs = [subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-           for (argv, env), log in zip(commands, logs)]
-  try:
-    for p, log in zip(procs, logs):
-      p.wait(timeout=TIMEOUT_S)
-      if p.returncode != 0:
-        log.seek(0)
-        raise AssertionError(f"worker {p.args} exited with {p.returncode}:\n{log.read()[-4000:]}")
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-    for log in logs:
-      log.close()
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-  port = _free_port()
+  port = free_port()
   coord = f"localhost:{port}"
   outs = [tmp_path / f"p{i}.json" for i in range(2)] + [tmp_path / "single.json"]
   commands = [([sys.executable, str(WORKER), f"--out={outs[i]}", f"--coordinator={coord}",
-                "--num_processes=2", f"--process_id={i}"], _env(4)) for i in range(2)]
-  commands.append(([sys.executable, str(WORKER), f"--out={outs[2]}"], _env(8)))
-  _run_all(commands, tmp_path)
+                "--num_processes=2", f"--process_id={i}"], worker_env(4)) for i in range(2)]
+  commands.append(([sys.executable, str(WORKER), f"--out={outs[2]}"], worker_env(8)))
+  run_workers(commands, tmp_path)
   p0, p1, single = (json.loads(p.read_text()) for p in outs)
 
   assert [p0["process_count"], p1["process_count"], single["process_count"]] == [2, 2, 1]

@@ -57,7 +57,7 @@ def _layer_residual_bytes(cfg, b, t, layer_type, policy=None):
   seg = jnp.zeros((b, t), jnp.int32)
 
   def layer(lp, x):
-    return decoder_layer(lp, x, cos, sin, layer_mask(layer_type, seg, cfg), cfg)
+    return decoder_layer(lp, x, cos, sin, layer_mask(layer_type, seg, cfg), cfg)[0]
 
   if policy is not None:
     layer = jax.checkpoint(layer, policy=REMAT_POLICIES[policy])

@@ -17,7 +17,7 @@ from cwm_jax.model.config import RopeScaling
 from cwm_jax.sharding import MeshConfig, make_mesh, param_shardings
 from cwm_jax.train import (OptimizerConfig, TrainState, abstract_train_state, make_optimizer,
                            train_state_shardings)
-from cwm_jax.train.checkpoint import Checkpoints, load_params
+from cwm_jax.train.checkpoint import Checkpoints, LoadParamsError, load_params
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CFG = get_preset("tiny", vocab_size=128, d_model=32, n_layers=2, scan_period=2,
@@ -133,6 +133,29 @@ def test_read_only_leaves_another_runs_directory_alone(tmp_path):
     reader.save(2, small_state(2), data_state=None, rng=None)
   reader.close()
   assert in_flight.exists() and not (tmp_path / "identity.json").exists()
+
+
+def _dead_save(directory, files=300):
+  """The temporary directory of a save killed half-way (many files: slow to delete)."""
+  dead = directory / "2.orbax-checkpoint-tmp-123"
+  (dead / "params").mkdir(parents=True)
+  for i in range(files):
+    (dead / "params" / f"chunk_{i}").write_bytes(b"x")
+  return dead
+
+
+def test_opening_removes_a_dead_saves_temp_directory_before_returning(tmp_path):
+  with Checkpoints(str(tmp_path)) as ckpts:
+    ckpts.save(1, small_state(1), data_state=None, rng=None)
+  dead = _dead_save(tmp_path)
+  ckpts = Checkpoints(str(tmp_path))
+  # Gone before the constructor returns: no background deletion is left for an
+  # exit (or close) right after opening to cut short.
+  assert not dead.exists()
+  assert ckpts.all_steps() == [1]
+  assert ckpts.restore(SMALL_ABSTRACT).step == 1
+  ckpts.close()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1"]
 
 
 def test_identity_mismatch_names_the_keys(tmp_path):
@@ -309,6 +332,33 @@ def test_load_params_sharded_cast_and_save_orbax_dir(saved_run, tmp_path):
 def test_load_params_rejects_configs_that_change_the_weights(saved_run, change, message):
   with pytest.raises(ValueError, match=message):
     load_params(str(saved_run[0]), model_cfg=CFG.replace(**change))
+
+
+def test_load_params_config_errors_are_typed_and_never_fall_back(saved_run, tmp_path):
+  newest = saved_run[0] / "checkpoints" / "2"
+  with pytest.raises(LoadParamsError) as e:
+    load_params(str(saved_run[0]), model_cfg=CFG.replace(vocab_size=256))
+  assert isinstance(e.value, ValueError)  # callers catching ValueError keep working
+  assert str(e.value) == (f"load_params: model_cfg.vocab_size=256, but checkpoint {newest} was "
+                          "trained with vocab_size=128.")
+  with Checkpoints(str(tmp_path)) as ckpts:  # no identity: the steps record no model config
+    for step in (1, 2):
+      ckpts.save(step, small_state(step), data_state=None, rng=None)
+  with pytest.raises(LoadParamsError) as e:
+    load_params(str(tmp_path))
+  assert str(e.value) == (f"load_params: checkpoint {tmp_path / '2'} records no model config; "
+                          "pass model_cfg.")
+
+
+def test_load_params_falls_back_from_a_damaged_step(saved_run, tmp_path, caplog):
+  import shutil
+  shutil.copytree(saved_run[0], tmp_path / "run")
+  _truncate_params(tmp_path / "run" / "checkpoints" / "2")
+  with caplog.at_level(logging.WARNING):
+    cfg, params = load_params(str(tmp_path / "run"))
+  assert cfg == CFG
+  assert_same_tree(params, saved_run[1][1].params, check_sharding=False)
+  assert any("checkpoints/2 is unreadable" in m.getMessage() for m in caplog.records)
 
 
 def test_load_params_clear_error_for_a_non_checkpoint(tmp_path):

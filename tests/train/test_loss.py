@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from cwm_jax.train.loss import LossSums, chunked_cross_entropy, mean_loss, next_token_targets
+from cwm_jax.train.loss import (LossSums, chunked_cross_entropy, chunked_token_logprobs, mean_loss,
+                                next_token_targets)
 
 B, D, V = 3, 8, 37
 # XLA's CPU backend optimisations double compile time and buy nothing here.
@@ -81,12 +82,9 @@ def test_no_tokens_gives_zero_loss():
   assert float(mean_loss(sums)) == 0.0 and float(sums.weight) == 0.0
 
 
-def test_full_logits_are_never_materialised():
-  T, chunk = 64, 16
-  x, head, targets, weights = _inputs(T)
-  grad = jax.grad(lambda x, h: chunked_cross_entropy(x, h, targets, weights, chunk_size=chunk).ce,
-                  argnums=(0, 1))
-  jaxpr = jax.make_jaxpr(grad)(x, head)
+def _biggest_array(fn, *args) -> int:
+  """Elements of the largest array any equation of fn's jaxpr (nested ones too) makes."""
+  jaxpr = jax.make_jaxpr(fn)(*args)
   biggest = 0
 
   def visit(jaxpr):
@@ -98,7 +96,63 @@ def test_full_logits_are_never_materialised():
         visit(sub)
 
   visit(jaxpr.jaxpr)
-  assert biggest == B * chunk * V  # one chunk of logits, not B * T * V
+  return biggest
+
+
+def test_full_logits_are_never_materialised():
+  T, chunk = 64, 16
+  x, head, targets, weights = _inputs(T)
+  grad = jax.grad(lambda x, h: chunked_cross_entropy(x, h, targets, weights, chunk_size=chunk).ce,
+                  argnums=(0, 1))
+  assert _biggest_array(grad, x, head) == B * chunk * V  # one chunk of logits, not B * T * V
+
+
+def _numpy_logprobs(x, head, targets, temperature):
+  logits = np.einsum("btd,dv->btv", np.asarray(x, np.float64), np.asarray(head, np.float64))
+  logits = logits / temperature
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  p = np.exp(logp)
+  picked = np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
+  return picked, -(p * logp).sum(-1)
+
+
+@pytest.mark.parametrize("T, chunk, temperature", [(16, 4, 1.0), (13, 4, 0.7), (7, 100, 1.3)])
+def test_token_logprobs_and_entropy_match_numpy_and_dense_grads(T, chunk, temperature):
+  x, head, targets, weights = _inputs(T, seed=1)
+  logp, ent = jax.jit(functools.partial(chunked_token_logprobs, chunk_size=chunk,
+                                        temperature=temperature, with_entropy=True),
+                      compiler_options=FAST_COMPILE)(x, head, targets)
+  ref_logp, ref_ent = _numpy_logprobs(x, head, targets, temperature)
+  np.testing.assert_allclose(logp, ref_logp, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ent, ref_ent, rtol=1e-5, atol=1e-5)
+  # Gradients of a weighted sum (a policy-gradient-shaped loss) equal the dense path's.
+  adv = jax.random.normal(jax.random.key(2), (B, T))
+
+  @functools.partial(jax.jit, static_argnums=(0,), compiler_options=FAST_COMPILE)
+  def grads(chunked, x, head):
+    def f(x, h):
+      if chunked:
+        lp, e = chunked_token_logprobs(x, h, targets, chunk_size=chunk, temperature=temperature,
+                                       with_entropy=True)
+      else:
+        logits = jnp.einsum("BTD,DV->BTV", x, h) / temperature
+        all_lp = jax.nn.log_softmax(logits, -1)
+        lp = jnp.take_along_axis(all_lp, targets[..., None], -1)[..., 0]
+        e = -jnp.sum(jnp.exp(all_lp) * all_lp, -1)
+      return jnp.sum(weights * (adv * lp + 0.1 * e))
+    return jax.grad(f, argnums=(0, 1))(x, head)
+
+  for got, want in zip(grads(True, x, head), grads(False, x, head)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_token_logprobs_never_materialise_full_logits():
+  T, chunk = 64, 16
+  x, head, targets, _ = _inputs(T)
+  loss = lambda x, h: jnp.sum(chunked_token_logprobs(x, h, targets, chunk_size=chunk,
+                                                      with_entropy=True)[0])
+  assert _biggest_array(jax.grad(loss, argnums=(0, 1)), x, head) == B * chunk * V
 
 
 def test_next_token_targets_convention():

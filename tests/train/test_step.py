@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cwm_jax.model import get_preset, positions_from_segments
-from cwm_jax.train import (OptimizerConfig, init_train_state, loss_sums, make_optimizer,
-                           make_schedule, train_step)
+from cwm_jax.train import (Objective, ObjectiveSums, OptimizerConfig, init_train_state, loss_sums,
+                           make_optimizer, make_schedule, token_logprobs, train_step)
 
 CFG = get_preset("tiny", vocab_size=128, d_model=32, n_layers=2, scan_period=2,
                  layer_types=("global", "local"), n_heads=4, n_kv_heads=2, head_dim=8,
@@ -22,7 +22,7 @@ B, T = 8, 32
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 step_fn = jax.jit(train_step, static_argnames=(
-    "model_cfg", "optimizer", "accum_steps", "z_loss", "loss_chunk", "lr_schedule"),
+    "model_cfg", "optimizer", "accum_steps", "z_loss", "loss_chunk", "lr_schedule", "normaliser"),
     compiler_options=FAST_COMPILE)
 
 
@@ -129,3 +129,62 @@ def test_bad_batches_are_clear_errors(state):
     train_step(state, dict(batch, loss_mask=batch["loss_mask"][:, :5]), **kw)
   with pytest.raises(ValueError, match="batch size 8 is not divisible by accum_steps=3"):
     train_step(state, batch, accum_steps=3, **kw)
+
+
+N_CONSTANT = 131072.0
+
+
+@pytest.fixture(scope="module")
+def constant_normaliser_step(state):
+  return step_fn(state, make_batch(), model_cfg=CFG, optimizer=OPT, z_loss=1e-3, loss_chunk=16,
+                 normaliser=N_CONSTANT, lr_schedule=SCHEDULE)
+
+
+def test_constant_normaliser_divides_the_same_sum(one_big_batch, constant_normaliser_step):
+  """Dividing by a constant N (CWM's RL) instead of the token count: the same loss
+  sum, so loss * N equals the token-mean loss * n_tokens."""
+  _, metrics = constant_normaliser_step
+  _, ref_metrics = one_big_batch
+  np.testing.assert_allclose(metrics["loss"] * N_CONSTANT,
+                             ref_metrics["loss"] * ref_metrics["n_tokens"], rtol=1e-5)
+
+
+def test_constant_normaliser_accumulates_exactly(state, constant_normaliser_step):
+  new, metrics = step_fn(state, make_batch(), model_cfg=CFG, optimizer=OPT, z_loss=1e-3,
+                         loss_chunk=16, accum_steps=4, normaliser=N_CONSTANT,
+                         lr_schedule=SCHEDULE)
+  ref_new, ref_metrics = constant_normaliser_step
+  _close(metrics, ref_metrics)
+  _close(new.params, ref_new.params)
+  _close(new.opt_state, ref_new.opt_state)
+
+
+def test_objective_reads_its_declared_arrays(state):
+  """A custom objective built on per-token log-probs, reading a declared [B, T] and a
+  declared [B] array: with both set to ones it is the cross-entropy (z_loss 0), so
+  the update equals the default step's, also split into micro-batches."""
+  def sums(params, micro):
+    logp_BT, weights_BT = token_logprobs(params, micro, CFG, loss_chunk=16)
+    w_BT = weights_BT * micro["token_scale"] * micro["row_scale"][:, None]
+    return ObjectiveSums(-jnp.sum(w_BT * logp_BT), jnp.sum(weights_BT), {"loss": -jnp.sum(w_BT * logp_BT)})
+
+  objective = Objective("scaled_logprob", sums, token_keys=("token_scale",),
+                        row_keys=("row_scale",))
+  batch = make_batch()
+  extra = dict(batch, token_scale=jnp.ones((B, T)), row_scale=jnp.ones((B,)))
+  step = jax.jit(train_step, static_argnames=("model_cfg", "optimizer", "accum_steps",
+                                               "loss_chunk", "lr_schedule", "objective"),
+                 compiler_options=FAST_COMPILE)
+  new, metrics = step(state, extra, objective=objective, model_cfg=CFG, optimizer=OPT,
+                      accum_steps=2, lr_schedule=SCHEDULE)
+  ref, ref_metrics = step_fn(state, batch, model_cfg=CFG, optimizer=OPT, loss_chunk=16,
+                             lr_schedule=SCHEDULE)
+  np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+  _close(new.params, ref.params)
+  with pytest.raises(ValueError, match=r"batch keys \['advantages'\] are not read by objective "
+                                       r"'scaled_logprob'"):
+    train_step(state, dict(extra, advantages=jnp.ones((B, T))), objective=objective,
+               model_cfg=CFG, optimizer=OPT)
+  with pytest.raises(ValueError, match=r"\[B\] arrays under \('row_scale',\)"):
+    train_step(state, dict(extra, row_scale=jnp.ones((B, T))), objective=objective,
+               model_cfg=CFG, optimizer=OPT)

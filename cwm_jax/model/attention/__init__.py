@@ -48,18 +48,22 @@ class Backend:
   """
   fn: Callable
   platforms: Optional[tuple[str, ...]] = None
+  positions: bool = False  # serves masks with explicit positions
   check: Callable[..., Optional[str]] = lambda mask, dtype, q_shape, k_shape: None
 
   def supports(self, mask: Mask, dtype, platform: str, q_shape, k_shape) -> Optional[str]:
     """None if this backend serves the call, else the reason it cannot."""
     if self.platforms is not None and platform not in self.platforms:
       return f"platform {platform!r} (runs on {', '.join(self.platforms)})"
+    if mask.has_positions and not self.positions:
+      return "masks with explicit positions (KV-cache slots)"
     return self.check(mask, dtype, q_shape, k_shape)
 
 
 BACKENDS: dict[str, Backend] = {
     "reference": Backend(
-        lambda q, k, v, mask, scale, chunk: reference_attention(q, k, v, mask, scale=scale)),
+        lambda q, k, v, mask, scale, chunk: reference_attention(q, k, v, mask, scale=scale),
+        positions=True),
     "chunked": Backend(
         lambda q, k, v, mask, scale, chunk: chunked_attention(
             q, k, v, mask, chunk_size=chunk, scale=scale)),
@@ -88,18 +92,23 @@ def choose_impl(platform: str, mask: Mask, dtype, q_shape, k_shape) -> str:
   for name in PREFERRED.get(platform, ()):
     if BACKENDS[name].supports(mask, dtype, platform, q_shape, k_shape) is None:
       return name
-  return "reference" if q_shape[1] * k_shape[1] <= SMALL_SCORES else "chunked"
+  if mask.has_positions or q_shape[1] * k_shape[1] <= SMALL_SCORES:
+    return "reference"
+  return "chunked"
 
 
 def platform_of(x) -> str:
-  """'cpu', 'gpu' or 'tpu': the device of a concrete array, else the default backend."""
-  platform = None
+  """'cpu', 'gpu' or 'tpu': the device of a concrete array, else (a tracer) the
+  default backend. An array whose device cannot be read (e.g. deleted or donated)
+  is an error, not a silent guess."""
   if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
     try:
       platform = next(iter(x.devices())).platform
-    except (RuntimeError, ValueError, StopIteration):
-      platform = None
-  platform = platform or jax.default_backend()
+    except RuntimeError as e:
+      raise ValueError(f"attention: cannot read the device of the query array "
+                       f"(shape {x.shape}): {e}") from e
+  else:
+    platform = jax.default_backend()
   return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
 
 

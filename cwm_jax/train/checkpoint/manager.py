@@ -15,9 +15,9 @@ One step directory holds four Orbax items, so that each can be read alone:
 
 Orbax writes a step into a temporary directory and renames it when every item
 is complete, so a process killed mid-save leaves no step behind (and its
-temporary directory is removed when the next `Checkpoints` opens the
-directory). Retention: the `keep_last` newest steps plus every step divisible
-by `keep_every`.
+temporary directory is removed before the next writable `Checkpoints` on the
+directory is constructed; see `remove_dead_saves`). Retention: the `keep_last`
+newest steps plus every step divisible by `keep_every`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,24 @@ FORMAT_VERSION = 1
 def item_handlers() -> dict:
   return {PARAMS: ocp.StandardCheckpointHandler(), OPTIMIZER: ocp.StandardCheckpointHandler(),
           META: ocp.JsonCheckpointHandler(filename=META_FILE), DATA: ProcessJsonHandler()}
+
+
+def remove_dead_saves(directory: epath.Path) -> None:
+  """Deletes the temporary directories of saves that never finished (a killed
+  run's), on process 0, before returning.
+
+  Orbax's own `cleanup_tmp_directories` deletes them in a background thread
+  that only `CheckpointManager.save` waits for, through a private method; a
+  process that exits right after opening (load_params, an eval, a resume that
+  fails its checks) would cut that deletion short. Other processes cannot write
+  a step before process 0 is done: Orbax's `save` starts with a barrier.
+  """
+  if jax.process_index() != 0:
+    return
+  for tmp in ocp.path.step.all_temporary_paths(directory):
+    logging.info("Removing %s, the temporary directory of a save that never finished.",
+                 tmp.get())
+    tmp.get().rmtree()
 
 
 class Restored(NamedTuple):
@@ -156,8 +174,10 @@ class Checkpoints:
     # read_only (another run's directory, e.g. init_from): no temp-dir cleanup
     # (that run may be saving right now), no identity written, no saves.
     self.read_only = read_only
+    if not read_only:
+      remove_dead_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=False,
         read_only=read_only, create=not read_only,
         preservation_policy=preservation.AnyPreservationPolicy(policies))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -274,12 +294,7 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    # Orbax removes a dead run's temporary directories in the background and
-    # waits for that only in save(); wait here too, or an exit right after
-    # opening kills the cleanup half-way (and logs a traceback).
-    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
-    if await_cleanup is not None:
-      await_cleanup()
+    """Waits for the save in flight, then releases Orbax's threads."""
     self._manager.close()
 
   def __enter__(self) -> "Checkpoints":

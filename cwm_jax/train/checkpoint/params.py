@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -32,16 +31,22 @@ from cwm_jax.train.checkpoint.manager import META, META_FILE, PARAMS, Checkpoint
 
 WEIGHT_NEUTRAL = ("rope_theta", "rope_scaling", "max_seq_len", "init_std", "param_dtype", "dtype",
                   "scan_layers", "scan_period", "remat", "remat_scope", "attention_impl",
-                  "attention_chunk")
+                  "attention_chunk", "context_load_balance")
+
+
+class LoadParamsError(ValueError):
+  """The caller's request does not fit a readable checkpoint (`model_cfg`
+  changes what the weights mean, or no config is recorded and none is given):
+  raised at once, never a reason to try an older step."""
 
 
 def check_compatible(stored: ModelConfig, wanted: ModelConfig, where: str) -> None:
-  """Raises if weights trained with `stored` cannot serve `wanted`: any field outside
-  WEIGHT_NEUTRAL differs (parameter shapes are functions of those fields)."""
+  """Raises LoadParamsError if weights trained with `stored` cannot serve `wanted`: any
+  field outside WEIGHT_NEUTRAL differs (parameter shapes are functions of those fields)."""
   for f in dataclasses.fields(ModelConfig):
     if f.name not in WEIGHT_NEUTRAL and getattr(stored, f.name) != getattr(wanted, f.name):
-      raise ValueError(f"load_params: model_cfg.{f.name}={getattr(wanted, f.name)!r}, but {where} "
-                       f"was trained with {f.name}={getattr(stored, f.name)!r}.")
+      raise LoadParamsError(f"load_params: model_cfg.{f.name}={getattr(wanted, f.name)!r}, "
+                            f"but {where} was trained with {f.name}={getattr(stored, f.name)!r}.")
 
 
 def _result_config(stored: Optional[ModelConfig], model_cfg: Optional[ModelConfig],
@@ -51,7 +56,7 @@ def _result_config(stored: Optional[ModelConfig], model_cfg: Optional[ModelConfi
   also becomes the compute dtype (as in `load_orbax`)."""
   if model_cfg is None:
     if stored is None:
-      raise ValueError(f"load_params: {where} records no model config; pass model_cfg.")
+      raise LoadParamsError(f"load_params: {where} records no model config; pass model_cfg.")
     return stored if dtype is None else stored.replace(param_dtype=dtype, dtype=dtype)
   if stored is not None:
     check_compatible(stored, model_cfg, where)
@@ -108,10 +113,8 @@ def load_params(path: str, *, model_cfg: Optional[ModelConfig] = None, shardings
   for s in reversed(steps):
     try:
       return _restore_step_params(root / str(s), model_cfg, shardings, dtype)
-    except ValueError as e:
-      if str(e).startswith("load_params:"):
-        raise  # the caller's config does not fit: not a damaged checkpoint
-      errors.append(f"step {s}: {type(e).__name__}: {e}")
+    except LoadParamsError:
+      raise
     except Exception as e:  # orbax / tensorstore raise many types for damaged files
       errors.append(f"step {s}: {type(e).__name__}: {e}")
     logging.warning("load_params: checkpoint %s is unreadable (%s); trying an older step.",

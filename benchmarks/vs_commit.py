@@ -1,0 +1,98 @@
+"""This tree against another commit, side by side in one run: the same measurement
+run alternately in both trees (a `git worktree` of the other commit), so machine
+noise hits both alike.
+
+    python -m benchmarks.vs_commit --ref=HEAD~1                    # train_step
+    python -m benchmarks.vs_commit --ref=c8a9e8d --what=train_step --rounds=5
+
+Measurements (`--what`), each a snippet using only APIs both trees share:
+  train_step   tokens/s of the jitted cross-entropy train step (`jit_train_step`)
+               on the `tiny` model, B x T = 16 x 256, one CPU device, after warm-up.
+
+Prints each round's numbers and the median ratio this / ref.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+SNIPPETS = {
+    "train_step": r'''
+import json, time, sys
+import jax, jax.numpy as jnp, numpy as np
+from cwm_jax.model import get_preset
+from cwm_jax.sharding import MeshConfig, make_mesh
+from cwm_jax.train import OptimizerConfig, make_optimizer, init_train_state, jit_train_step
+from cwm_jax.train.state import train_state_shardings
+B, T, steps = 16, 256, int(sys.argv[1])
+cfg = get_preset("tiny", vocab_size=2048)
+opt = make_optimizer(OptimizerConfig(total_steps=1000))
+mesh = make_mesh(MeshConfig(data=1))
+sh = train_state_shardings(mesh, cfg, opt)
+state = init_train_state(cfg, opt, jax.random.key(0), mesh=mesh)
+step = jit_train_step(mesh, cfg, opt, sh, loss_chunk=256)
+rng = np.random.default_rng(0)
+batch = {"tokens": jnp.asarray(rng.integers(0, 2048, (B, T)), jnp.int32),
+         "loss_mask": jnp.ones((B, T), jnp.int32)}
+for _ in range(3):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+t0 = time.perf_counter()
+for _ in range(steps):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
+                  "loss": float(m["loss"])}))
+''',
+}
+
+
+def worktree(ref: str) -> str:
+  path = tempfile.mkdtemp(prefix="cwm_ref_")
+  subprocess.run(["git", "worktree", "add", "--detach", "-q", path, ref], check=True)
+  return path
+
+
+def measure(tree: str, what: str, steps: int) -> dict:
+  env = {**os.environ, "PYTHONPATH": tree, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  out = subprocess.run([sys.executable, "-c", SNIPPETS[what], str(steps)], cwd=tree, env=env,
+                       capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--ref", required=True, help="the other commit (e.g. HEAD~1, a hash)")
+  ap.add_argument("--what", default="train_step", choices=sorted(SNIPPETS))
+  ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--steps", type=int, default=20)
+  args = ap.parse_args(argv)
+  here = os.getcwd()
+  ref_tree = worktree(args.ref)
+  try:
+    print(f"{args.what}: this tree ({here}) vs {args.ref} ({ref_tree}), {args.rounds} rounds")
+    print(f"{'round':>5} | {'this tok/s':>11} | {'ref tok/s':>10} | ratio | loss this / ref")
+    ratios = []
+    for r in range(args.rounds):
+      # Alternate the order so warm caches and load drift favour neither side.
+      order = [("this", here), ("ref", ref_tree)]
+      if r % 2:
+        order.reverse()
+      got = {name: measure(tree, args.what, args.steps) for name, tree in order}
+      ratio = got["this"]["tokens_per_s"] / got["ref"]["tokens_per_s"]
+      ratios.append(ratio)
+      print(f"{r:>5} | {got['this']['tokens_per_s']:>11,.0f} | {got['ref']['tokens_per_s']:>10,.0f} | "
+            f"{ratio:.3f} | {got['this']['loss']:.6f} / {got['ref']['loss']:.6f}", flush=True)
+    print(f"median ratio this/ref: {statistics.median(ratios):.3f}")
+  finally:
+    subprocess.run(["git", "worktree", "remove", "--force", ref_tree], check=False)
+
+
+if __name__ == "__main__":
+  main()
