@@ -32,7 +32,7 @@ from cwm_jax.train import OptimizerConfig, make_optimizer, init_train_state, jit
 from cwm_jax.train.state import train_state_shardings
 B, T, steps = 16, 256, int(sys.argv[1])
 cfg = get_preset("tiny", vocab_size=2048)
-opt = make_optimizer(OptimizerConfig(total_steps=1000))
+opt = make_optimizer(OptimizerConfig(warmup_steps=10, total_steps=1000))
 mesh = make_mesh(MeshConfig(data=1))
 sh = train_state_shardings(mesh, cfg, opt)
 state = init_train_state(cfg, opt, jax.random.key(0), mesh=mesh)
@@ -49,6 +49,27 @@ for _ in range(steps):
 jax.block_until_ready(state)
 print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
                   "loss": float(m["loss"])}))
+''',
+    "loss_grad": r'''
+import json, time, sys
+import jax, jax.numpy as jnp, numpy as np
+from cwm_jax.model import get_preset, init_params
+from cwm_jax.train import loss_sums
+B, T, steps = 16, 256, int(sys.argv[1])
+cfg = get_preset("tiny", vocab_size=2048)
+params = init_params(cfg, jax.random.key(0))
+rng = np.random.default_rng(0)
+batch = {"tokens": jnp.asarray(rng.integers(0, 2048, (B, T)), jnp.int32),
+         "loss_mask": jnp.ones((B, T), jnp.int32)}
+g = jax.jit(jax.grad(lambda p, b: loss_sums(p, b, cfg, 256).ce))
+for _ in range(3):
+  out = g(params, batch)
+jax.block_until_ready(out)
+t0 = time.perf_counter()
+for _ in range(steps):
+  out = g(params, batch)
+jax.block_until_ready(out)
+print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0), "loss": 0.0}))
 ''',
 }
 

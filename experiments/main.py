@@ -1,4 +1,4 @@
-"""The experiment entry point: one stage (pretrain, midtrain, sft) or an evaluation.
+"""The experiment entry point: one stage (pretrain, midtrain, sft, rl) or an evaluation.
 
     python -m experiments.main --config=experiments/configs/pretrain.py:tiny --workdir=/tmp/pt
     python -m experiments.main --config=experiments/configs/midtrain.py:tiny \\
@@ -36,8 +36,11 @@ def run(config, workdir: str) -> dict:
   from cwm_jax.sharding.distributed import initialize_distributed
   initialize_distributed()
   cfg = experiment_config(config)
-  from cwm_jax.train.loop import train
   logging.info("%s (%s): %s", cfg.name, cfg.stage, workdir)
+  if cfg.stage == "rl":
+    from cwm_jax.rl.run import train_rl
+    return train_rl(cfg, workdir)
+  from cwm_jax.train.loop import train
   return train(cfg, workdir)
 
 

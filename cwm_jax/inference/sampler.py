@@ -170,6 +170,18 @@ def _row_keys(seed, n: int, n_rows: int):
   return jax.vmap(jax.random.key)(jnp.asarray(seeds + [0] * (n_rows - n), jnp.uint32))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways `mesh` splits the batch axis (decoding needs the length unsplit)."""
+  if logical_to_spec(("length",), mesh)[0] is not None:
+    raise ValueError("the mesh splits the logical 'length' axis (sequence/context parallelism); "
+                     "sampling needs it unsplit. Use a mesh with context=1.")
+  n = 1
+  spec = logical_to_spec(("batch",), mesh)[0]
+  for name in (() if spec is None else (spec,) if isinstance(spec, str) else spec):
+    n *= mesh.shape[name]
+  return n
+
+
 def _check_version(version) -> int:
   if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
     raise ValueError(f"version={version!r}: expected an int >= 0 (the learner step of the "
@@ -193,12 +205,7 @@ class Sampler:
     self.min_prompt_bucket = min_prompt_bucket
     self._batch_shards = 1
     if mesh is not None:
-      if logical_to_spec(("length",), mesh)[0] is not None:
-        raise ValueError("Sampler: the mesh splits the logical 'length' axis (sequence/context "
-                         "parallelism); sampling needs it unsplit. Use a mesh with context=1.")
-      spec = logical_to_spec(("batch",), mesh)[0]
-      for name in (() if spec is None else (spec,) if isinstance(spec, str) else spec):
-        self._batch_shards *= mesh.shape[name]
+      self._batch_shards = batch_shards(mesh)
       with jax.set_mesh(mesh):
         self.params = jax.device_put(params, param_shardings(mesh, model_cfg))
     else:

@@ -33,13 +33,25 @@ def _grain(cfg) -> GrainProducer:
   return GrainProducer(pipeline)
 
 
+def _grpo(cfg) -> Objective:
+  from cwm_jax.rl.run import rl_objective  # pylint: disable=import-outside-toplevel
+  return rl_objective(cfg)
+
+
+def _rollouts(cfg):
+  del cfg
+  from cwm_jax.train.config import ConfigError  # pylint: disable=import-outside-toplevel
+  raise ConfigError("config.data.producer='rollouts' is built by the RL stage: run it through "
+                    "experiments.main (stage 'rl') or cwm_jax.rl.run.train_rl.")
+
+
 def _trace_metrics(cfg):
   from cwm_jax.train.trace_eval_hook import TraceMetricsHook  # pylint: disable=import-outside-toplevel
   return TraceMetricsHook(cfg)
 
 
-OBJECTIVE_FACTORIES: dict[str, Callable] = {"cross_entropy": _cross_entropy}
-PRODUCER_FACTORIES: dict[str, Callable] = {"grain": _grain}
+OBJECTIVE_FACTORIES: dict[str, Callable] = {"cross_entropy": _cross_entropy, "grpo": _grpo}
+PRODUCER_FACTORIES: dict[str, Callable] = {"grain": _grain, "rollouts": _rollouts}
 EVAL_HOOK_FACTORIES: dict[str, Callable] = {"trace_metrics": _trace_metrics}
 _REGISTRIES = {"objective": OBJECTIVE_FACTORIES, "producer": PRODUCER_FACTORIES,
                "eval_hook": EVAL_HOOK_FACTORIES}

@@ -29,7 +29,7 @@ from cwm_jax.model.config import ModelConfig, get_preset
 from cwm_jax.sharding.mesh import MeshConfig
 from cwm_jax.train.optimizer import OptimizerConfig
 
-STAGES = ("pretrain", "midtrain", "sft")
+STAGES = ("pretrain", "midtrain", "sft", "rl")
 
 NAN_POLICIES = ("skip", "stop")
 
@@ -114,6 +114,8 @@ class ExperimentConfig:
   # With init_from a training checkpoint: also take its optimizer state and
   # step, so the learning-rate schedule continues (midtraining, as in the paper).
   init_optimizer_state: bool = False
+  # The RL stage's section (`cwm_jax.rl.config.RLConfig`); None for other stages.
+  rl: Any = None
 
   def identity(self) -> dict:
     """What a workdir's checkpoints must match to be resumed by this config."""
@@ -254,8 +256,11 @@ def experiment_config(config: Any) -> ExperimentConfig:
   if stage not in STAGES:
     raise ConfigError(f"config.stage={stage!r}: expected one of {STAGES}.")
   data = _dataclass(DataConfig, d["data"], "config.data")
-  if not data.sources:
+  if not data.sources and data.producer == "grain":
     raise ConfigError("config.data.sources is empty: give at least one source.")
+  if (stage == "rl") != ("rl" in d):
+    raise ConfigError("config.rl: an RL stage needs an `rl` section, and only an RL stage has one "
+                      f"(stage={stage!r}).")
   train = _check_train(_dataclass(TrainConfig, d["train"], "config.train"))
   cfg = ExperimentConfig(
       name=_coerce(d.get("name", stage), str, "config.name"),
@@ -267,7 +272,8 @@ def experiment_config(config: Any) -> ExperimentConfig:
       mesh=_dataclass(MeshConfig, d.get("mesh", {}), "config.mesh"),
       init_from=_coerce(d.get("init_from", ""), str, "config.init_from"),
       init_optimizer_state=_coerce(d.get("init_optimizer_state", False), bool,
-                                   "config.init_optimizer_state"))
+                                   "config.init_optimizer_state"),
+      rl=_rl_section(d.get("rl"), stage))
   if cfg.data.seq_len > cfg.model.max_seq_len:
     raise ConfigError(f"config.data.seq_len={cfg.data.seq_len} exceeds config.model.max_seq_len="
                       f"{cfg.model.max_seq_len}.")
@@ -280,10 +286,26 @@ def experiment_config(config: Any) -> ExperimentConfig:
   components.check_name("producer", cfg.data.producer, "config.data.producer")
   for i, hook in enumerate(cfg.train.eval_hooks):
     components.check_name("eval_hook", hook, f"config.train.eval_hooks[{i}]")
-  pipeline_config(cfg)  # the data pipeline's own checks (paths, kinds, tokenizer)
+  if cfg.data.producer == "grain":
+    pipeline_config(cfg)  # the data pipeline's own checks (paths, kinds, tokenizer)
+  elif cfg.data.tokenizer_path and not os.path.exists(cfg.data.tokenizer_path):
+    raise ConfigError(f"config.data.tokenizer_path={cfg.data.tokenizer_path!r} does not exist.")
   if cfg.data.eval_sources:
     pipeline_config(cfg, eval_split=True)
+  if cfg.rl is not None:
+    from cwm_jax.rl.config import check_rl  # pylint: disable=import-outside-toplevel
+    try:
+      check_rl(cfg.rl, cfg.data.seq_len, cfg.train.loss_normaliser, cfg.model.vocab_size)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   return cfg
+
+
+def _rl_section(d: Any, stage: str):
+  if stage != "rl":
+    return None
+  from cwm_jax.rl.config import RLConfig  # pylint: disable=import-outside-toplevel
+  return _dataclass(RLConfig, d, "config.rl")
 
 
 def _check_train(t: TrainConfig) -> TrainConfig:

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -69,6 +69,8 @@ class _Preemption:
 
 
 def _check_tokenizer(cfg: ExperimentConfig) -> None:
+  if not cfg.data.tokenizer_path:  # e.g. RL on token-level toy environments
+    return
   from cwm_jax.tokenizer import load_tokenizer  # pylint: disable=import-outside-toplevel
   vocab = load_tokenizer(cfg.data.tokenizer_path).vocab_size
   if vocab > cfg.model.vocab_size:
@@ -130,7 +132,8 @@ class _PendingMetrics:
 
 def train(cfg: ExperimentConfig, workdir: str, *, producer: Optional[BatchProducer] = None,
           objective: Optional[Objective] = None, step_hooks: Sequence[StepHook] = (),
-          eval_hooks: Sequence[EvalHook] = ()) -> dict:
+          eval_hooks: Sequence[EvalHook] = (), devices=None,
+          on_start: Optional[Callable] = None) -> dict:
   """Runs (or resumes) the stage described by `cfg` in `workdir`; returns a summary.
 
   The objective and the batch producer are the ones the config names
@@ -138,12 +141,14 @@ def train(cfg: ExperimentConfig, workdir: str, *, producer: Optional[BatchProduc
   producer's state is checkpointed with the train state, and `train` closes it.
   `step_hooks` run after every step (state, step, device metrics); `eval_hooks`
   (params, step) -> metrics run with the held-out evaluation, after the ones
-  `config.train.eval_hooks` names.
+  `config.train.eval_hooks` names. `devices` restricts the learner's mesh (e.g.
+  RL's learner sub-mesh); `on_start(state)` runs once the state is initialised or
+  restored, before the first step (e.g. to give an RL engine the weights).
   """
   from cwm_jax.train import components  # pylint: disable=import-outside-toplevel
   os.makedirs(workdir, exist_ok=True)
   _check_tokenizer(cfg)
-  mesh = make_mesh(cfg.mesh)
+  mesh = make_mesh(cfg.mesh, devices)
   optimizer, schedule = make_optimizer(cfg.optimizer), make_schedule(cfg.optimizer)
   shardings = train_state_shardings(mesh, cfg.model, optimizer)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -187,6 +192,8 @@ def train(cfg: ExperimentConfig, workdir: str, *, producer: Optional[BatchProduc
       start = int(state.step)
     end = start + cfg.train.steps
     writer.total_steps = end
+    if on_start is not None:
+      on_start(state)
     loop = _Loop(cfg, workdir, mesh, shardings, optimizer, schedule, objective, ckpts, writer,
                  data, hooks, list(step_hooks), start, end)
     return loop.run(state, rng)

@@ -35,10 +35,10 @@ TINY_MODEL = dict(preset="tiny", vocab_size=2048, d_model=128, n_layers=8, n_hea
 # One learning-rate schedule spans pretraining and midtraining (the paper
 # continues the run): both stages use total = pretrain + midtrain steps.
 STEPS = {
-    "tiny": {"pretrain": 100, "midtrain": 600, "sft": 100},
-    "cwm_1b": {"pretrain": 40_000, "midtrain": 20_000, "sft": 4_000},
-    "cwm_8b": {"pretrain": 1_430_000, "midtrain": 240_000, "sft": 12_000},
-    "cwm_32b": {"pretrain": 1_900_000, "midtrain": 300_000, "sft": 24_000},
+    "tiny": {"pretrain": 100, "midtrain": 600, "sft": 100, "rl": 500},
+    "cwm_1b": {"pretrain": 40_000, "midtrain": 20_000, "sft": 4_000, "rl": 2_000},
+    "cwm_8b": {"pretrain": 1_430_000, "midtrain": 240_000, "sft": 12_000, "rl": 4_000},
+    "cwm_32b": {"pretrain": 1_900_000, "midtrain": 300_000, "sft": 24_000, "rl": 8_000},
 }
 WARMUP = {"tiny": 30, "cwm_1b": 2000, "cwm_8b": 2000, "cwm_32b": 2000}
 PEAK_LR = {"tiny": 3e-3, "cwm_1b": 3e-4, "cwm_8b": 3e-4, "cwm_32b": 1.5e-4}
@@ -94,6 +94,12 @@ def source(name: str, paths, kind: str, weight: float = 1.0) -> dict:
 
 def optimizer_config(variant: str, stage: str) -> ml_collections.ConfigDict:
   steps = STEPS[variant]
+  if stage == "rl":  # a constant rate after a short warmup, no weight decay for the toy model
+    tiny = variant == "tiny"
+    return ml_collections.ConfigDict(dict(
+        learning_rate=1e-3 if tiny else 1e-6, schedule="constant", warmup_steps=10 if tiny else 50,
+        total_steps=steps["rl"], end_lr_fraction=1.0, b1=0.9, b2=0.95, eps=1e-8,
+        weight_decay=0.0 if tiny else 0.1, clip_norm=1.0))
   if stage == "sft":
     return ml_collections.ConfigDict(dict(
         learning_rate=PEAK_LR[variant] / 3, schedule="cosine", warmup_steps=WARMUP[variant] // 2,
