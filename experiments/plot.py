@@ -2,11 +2,13 @@
 
     python -m experiments.plot /runs/pretrain /runs/midtrain --out=/runs/loss.png
     python -m experiments.plot /runs/a /runs/b --out=ab.png --metric=loss --x=tokens
+    python -m experiments.plot /runs/rl --out=reward.png --metric='reward_mean,reward_mean/*'
 
 One panel per metric; in each, one line per workdir (labelled by the
 directory's name) for the metric itself and, for a training metric such as
 `loss`, dashed lines for its held-out counterparts (`eval_loss`, `eval/loss`,
-...) where `metrics.jsonl` has them. `--x=tokens` puts training tokens on the
+...) where `metrics.jsonl` has them. A metric with `*` is a pattern: one line per
+matching metric (e.g. `reward_mean/*`: RL's reward per environment). `--x=tokens` puts training tokens on the
 x axis: a logged cumulative `tokens` metric if there is one, otherwise
 step x tokens per step (batch_size x seq_len from the workdir's config.json,
 or tokens_per_s / steps_per_s from the logged rates).
@@ -14,6 +16,7 @@ or tokens_per_s / steps_per_s from the logged rates).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -95,13 +98,19 @@ def plot_metrics(workdirs: Sequence[str], out: str, metrics: Sequence[str] = ("l
   for ax, metric in zip(axes[:, 0], metrics):
     drawn = 0
     for i, (label, rows, xs) in enumerate(runs):
-      color = f"C{i % 10}"
       keys = set().union(*(row.keys() for row in rows)) if rows else set()
-      for key, style in [(metric, "-")] + [(k, "--") for k in eval_keys(metric, keys)]:
+      if "*" in metric:  # a pattern: one line per matching metric, e.g. reward_mean/*
+        lines = [(k, "-", f"C{(i + j) % 10}", f"{label} {k}")
+                 for j, k in enumerate(sorted(fnmatch.filter(keys, metric)))]
+      else:
+        lines = [(k, "--" if k != metric else "-", f"C{i % 10}",
+                  label if k == metric else f"{label} {k}")
+                 for k in [metric] + eval_keys(metric, keys)]
+      for key, style, color, name in lines:
         kx, ky = _series(rows, xs, key)
         if kx:
           ax.plot(kx, ky, style, color=color, marker="o" if style == "--" else None,
-                  markersize=3, label=label if key == metric else f"{label} {key}")
+                  markersize=3, label=name)
           drawn += 1
     if not drawn:
       raise ValueError(f"plot_metrics: no workdir logged a finite {metric!r} "

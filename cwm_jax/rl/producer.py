@@ -328,6 +328,10 @@ class RolloutProducer:
       self._step_cond.notify_all()
     if self._thread is not None:
       self._thread.join(timeout=60)
+      discarded = self.engine.live_stats().dropped.get("interrupted", 0)
+      if discarded:
+        logging.info("RL actor stopped: %d in-flight episodes discarded (rounds after %d are "
+                     "generated again on resume)", discarded, self.round - 1)
     self.engine.close()
 
 

@@ -27,7 +27,7 @@ PROMPT, AGENT, ENV = 0, 1, 2
 SOURCE_NAMES = {PROMPT: "prompt", AGENT: "agent", ENV: "env"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # arrays: compared by identity
 class Trajectory:
   tokens: np.ndarray
   sources: np.ndarray

@@ -5,7 +5,7 @@
         --config.rl.mode=async --config.rl.engine_devices=1
     python -m experiments.main --config=experiments/configs/rl.py:cwm_8b,data_dir=/data/cwm \\
         --workdir=/ckpt/cwm_8b/rl --config.init_from=/ckpt/cwm_8b/sft
-    python -m experiments.plot /tmp/rl --metrics=reward_mean,pass_rate --out=/tmp/rl/reward.png
+    python -m experiments.plot /tmp/rl --metric='reward_mean,reward_mean/*' --out=/tmp/rl/reward.png
 
 `tiny` trains a small model from scratch on two token-level toy environments
 (`cwm_jax/rl/envs/toy.py`): toy_copy (answer the digit after the one shown, one

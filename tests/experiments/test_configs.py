@@ -50,7 +50,7 @@ def test_config_validates(stage, variant, data_dir, tmp_path):
     assert cfg.model.n_layers == 64 and cfg.model.d_model == 6144
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", STAGES + ("rl",))
 def test_docstring_shows_launch_command(stage):
   module = importlib.import_module(f"experiments.configs.{stage}")
   assert f"python -m experiments.main --config=experiments/configs/{stage}.py:tiny" in module.__doc__
@@ -61,3 +61,25 @@ def test_docstring_shows_launch_command(stage):
 def test_bad_config_argument(arg, message):
   with pytest.raises(ValueError, match=message):
     common.parse_arg(arg)
+
+
+@pytest.mark.parametrize("variant", common.VARIANTS)
+def test_rl_config_validates(variant, data_dir, tmp_path):
+  from experiments.configs import rl
+  (data_dir / "rl").mkdir(exist_ok=True)
+  for name in ("code.jsonl", "math.jsonl"):
+    (data_dir / "rl" / name).write_text("")
+  config = rl.get_config(f"{variant},data_dir={data_dir}")
+  if variant != "tiny":
+    config.init_from = str(tmp_path)  # an SFT checkpoint
+  cfg = experiment_config(config)
+  assert cfg.stage == "rl" and cfg.train.objective == "grpo" and cfg.data.producer == "rollouts"
+  assert cfg.rl.clip_low == 0.2 and cfg.rl.clip_high == 0.25 and cfg.rl.normaliser == "constant"
+  if variant == "tiny":
+    assert [e.kind for e in cfg.rl.envs] == ["toy_copy", "toy_chain"]
+    assert cfg.data.tokenizer_path == "" and cfg.rl.mode == "sync"
+  else:
+    assert cfg.train.loss_normaliser == 131072.0 and cfg.rl.mode == "async"
+    assert (cfg.rl.solve_rate_lo, cfg.rl.solve_rate_hi) == (0.1, 0.7)
+    assert cfg.data.tokenizer_path == f"{data_dir}/tokenizer.model"
+    assert {e.kind for e in cfg.rl.envs} == {"code", "math"}

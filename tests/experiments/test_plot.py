@@ -111,3 +111,17 @@ def test_cli(tmp_path):
                        timeout=120)
   assert bad.returncode == 1 and "has no metrics.jsonl" in bad.stderr
   assert np.asarray(matplotlib.image.imread(str(out))).shape[2] in (3, 4)
+
+
+def test_a_pattern_draws_one_line_per_matching_metric(tmp_path, saved_figures):
+  """RL's per-environment rewards: `reward_mean/*` draws each logged environment."""
+  with MetricsWriter(str(tmp_path / "rl"), total_steps=4, tensorboard=False) as w:
+    for step in range(1, 5):
+      w.write(step, {"loss": 0.0, "reward_mean": step / 4, "reward_mean/code": step / 8,
+                     **({"reward_mean/math": -step / 8} if step > 1 else {})})
+  plot_metrics([str(tmp_path / "rl")], str(tmp_path / "r.png"), ["reward_mean", "reward_mean/*"])
+  (fig,) = saved_figures
+  total, per_env = fig.axes
+  assert lines_by_label(total) == {"rl": ([1, 2, 3, 4], [0.25, 0.5, 0.75, 1.0])}
+  assert lines_by_label(per_env) == {"rl reward_mean/code": ([1, 2, 3, 4], [s / 8 for s in range(1, 5)]),
+                                     "rl reward_mean/math": ([2, 3, 4], [-s / 8 for s in range(2, 5)])}
