@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Optional
 
 import jax
@@ -145,11 +145,12 @@ def _sample_rows(logits_BV, seed_key, groups_B, members_B, counters_B, knobs, *,
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "greedy", "filtered"), donate_argnames=("cache",))
-def _extend_and_sample(params, cache, tokens_BT, counts_B, seed_key, groups_B, members_B,
-                       counters_B, knobs, *, cfg, greedy, filtered):
-  logits_BV, cache = extend(params, cache, tokens_BT, counts_B, cfg)
-  return cache, *_sample(logits_BV, seed_key, groups_B, members_B, counters_B, knobs, greedy,
-                         filtered)
+def _extend_and_sample(params, cache, tokens_BT, steps_B2, seed_key, episodes_B2, knobs, *, cfg,
+                       greedy, filtered):
+  """steps_B2: (tokens fed, agent tokens so far) per row; episodes_B2: (group, member)."""
+  logits_BV, cache = extend(params, cache, tokens_BT, steps_B2[:, 0], cfg)
+  return cache, *_sample(logits_BV, seed_key, episodes_B2[:, 0], episodes_B2[:, 1],
+                         steps_B2[:, 1], knobs, greedy, filtered)
 
 
 # ---------------------------------------------------------------- per-slot state
@@ -169,6 +170,7 @@ class _Episode:
   generated: int = 0        # agent tokens so far (folded into the sampling key)
   checked_chars: int = 0
   pending: Optional[int] = None   # sampled, not yet in the cache
+  criteria: Any = None            # the turn's StopCriteria (built once per episode)
   future: Any = None
   submitted: float = 0.0
   outcome: dict = dataclasses.field(default_factory=dict)
@@ -301,8 +303,8 @@ class _Run:
     self.order: list[GroupRequest] = []
     with engine._context():  # pylint: disable=protected-access
       self.cache = jax.jit(lambda: init_cache(engine.cfg, self.S, self.L))()
-    self.groups_B = np.zeros(self.S, np.int32)
-    self.members_B = np.zeros(self.S, np.int32)
+    self.episodes_B2 = np.zeros((self.S, 2), np.int32)  # (group index, member) per slot
+    self._episodes_device = None
     self.version = engine.weights()[1]  # of the keys and values in the cache
 
   # ---------------------------------------------------------------- episode ends
@@ -345,11 +347,12 @@ class _Run:
     ep.add([token], AGENT, [logprob], version)
     ep.generated += 1
     self.stats.generated_tokens += 1
-    env = ep.request.env
-    criteria = StopCriteria(config.max_turn_tokens, config.stop_token_ids +
-                            tuple(getattr(env, "stop_token_ids", ())),
-                            tuple(getattr(env, "stop_strings", ())), self.e.tokenizer)
-    reason, ep.checked_chars = criteria.check(ep.tokens[ep.turn_start:], ep.checked_chars)
+    if ep.criteria is None:
+      env = ep.request.env
+      ep.criteria = StopCriteria(config.max_turn_tokens, config.stop_token_ids +
+                                 tuple(getattr(env, "stop_token_ids", ())),
+                                 tuple(getattr(env, "stop_strings", ())), self.e.tokenizer)
+    reason, ep.checked_chars = ep.criteria.check(ep.tokens[ep.turn_start:], ep.checked_chars)
     if reason is None and len(ep.tokens) >= self.L:
       self.finish(slot, "length", {"success": False})
       return
@@ -445,7 +448,8 @@ class _Run:
     ep.fed = len(group.prompt)
     ep.turn_start = len(ep.tokens)
     self.slots[slot] = ep
-    self.groups_B[slot], self.members_B[slot] = req.index, m
+    self.episodes_B2[slot] = req.index, m
+    self._episodes_device = None
     tok, lp, _ = _sample_rows(group.logits, e._seed_key, np.asarray([req.index], np.int32),  # pylint: disable=protected-access
                               np.asarray([m], np.int32), np.zeros(1, np.int32), e._knobs,  # pylint: disable=protected-access
                               **e._static)  # pylint: disable=protected-access
@@ -462,16 +466,16 @@ class _Run:
     params, version = e.weights()
     T = bucket(max(len(f) for f in feeds.values()), 1)
     tokens = np.zeros((self.S, T), np.int32)
-    counts = np.zeros(self.S, np.int32)
+    steps = np.zeros((self.S, 2), np.int32)  # tokens fed now, agent tokens so far
     for slot, feed in feeds.items():
       tokens[slot, :len(feed)] = feed
-      counts[slot] = len(feed)
-    counters = np.asarray([ep.generated if ep else 0 for ep in self.slots], np.int32)
+      steps[slot] = len(feed), self.slots[slot].generated
     put = e._put  # pylint: disable=protected-access
+    if self._episodes_device is None:  # changes only when episodes are admitted
+      self._episodes_device = put(self.episodes_B2, ("batch", None))
     self.cache, tok, lp, _ = _extend_and_sample(
-        params, self.cache, put(tokens, ("batch", None)), put(counts, ("batch",)),
-        e._seed_key, put(self.groups_B, ("batch",)), put(self.members_B, ("batch",)),  # pylint: disable=protected-access
-        put(counters, ("batch",)), e._knobs, cfg=e.cfg, **e._static)  # pylint: disable=protected-access
+        params, self.cache, put(tokens, ("batch", None)), put(steps, ("batch", None)),
+        e._seed_key, self._episodes_device, e._knobs, cfg=e.cfg, **e._static)  # pylint: disable=protected-access
     tok, lp = np.asarray(tok), np.asarray(lp)
     for slot in sorted(feeds):
       self.slots[slot].pending = None

@@ -14,7 +14,6 @@ for bit, as one that was never interrupted (tests/train/test_loop.py).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time

@@ -26,8 +26,8 @@ from jax.sharding import Mesh
 from cwm_jax.model.config import ModelConfig
 from cwm_jax.model.params import param_axes
 from cwm_jax.sharding import batch_tree_sharding, check_batch_shape, constrain, replicated
-from cwm_jax.train.objectives import (BATCH_KEYS, WEIGHT, Normaliser, Objective, ObjectiveSums,
-                                      check_normaliser, cross_entropy, denominator, loss_sums)
+from cwm_jax.train.objectives import (BATCH_KEYS, WEIGHT, Normaliser, Objective, check_normaliser,
+                                      cross_entropy, denominator, loss_sums)
 from cwm_jax.train.state import TrainState
 
 __all__ = ["BATCH_KEYS", "loss_sums", "split_microbatches", "check_batch", "train_step",

@@ -15,8 +15,8 @@ from cwm_jax.model.config import GLOBAL, LOCAL
 from cwm_jax.rl.batching import pack_trajectories
 from cwm_jax.rl.engine import EngineConfig, GroupRequest, RolloutEngine
 from cwm_jax.rl.envs.base import EnvError, StepResult, Task, plus_minus_one
-from cwm_jax.rl.envs.toy import EOS, ToyChainEnv, ToyConfig, ToyCopyEnv
-from cwm_jax.rl.trajectory import AGENT, ENV, PROMPT
+from cwm_jax.rl.envs.toy import EOS, ToyChainEnv, ToyConfig
+from cwm_jax.rl.trajectory import ENV
 from cwm_jax.train.objectives import token_logprobs
 
 # Scanned group (G L L L) + tail (G L); a window of 8 so rings wrap in long episodes.
@@ -36,8 +36,6 @@ class PromptEnv:
   stop_token_ids = (EOS,)
 
   def start(self, task):
-    env = self
-
     class Episode:
       prompt = task.data["prompt"]
 

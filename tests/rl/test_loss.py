@@ -1,8 +1,6 @@
 """The GRPO objective against a NumPy reference on random inputs (every switch), and
 its gradients invariant to micro-batching and to how trajectories are packed."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

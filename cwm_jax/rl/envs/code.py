@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,7 +50,8 @@ from cwm_jax.inference.chat import chat_prompt
 from cwm_jax.rl.envs.base import (EnvError, RewardFn, StepResult, Task, continue_dialog,
                                   plus_minus_one, shorten, turn_text)
 from cwm_jax.rl.envs.tasks import CodeProblem, parse_code
-from cwm_jax.sandbox import Executor, SandboxError, SandboxPool
+from cwm_jax.rl.envs.sandboxed import SandboxedEnv
+from cwm_jax.sandbox import Executor, SandboxError
 from cwm_jax.tokenizer.formats import THINK_END, split_reasoning
 
 FORMAT_REASONS = ("bad_think", "no_code", "multiple_code", "unclosed_code", "not_python")
@@ -329,7 +329,7 @@ def feedback_message(failure: dict, limit: int) -> str:
 # ---------------------------------------------------------------- env and episode
 
 
-class CodeEnv:
+class CodeEnv(SandboxedEnv):
   """The competitive-programming environment (see the module docstring).
 
   The engine reads `stop_token_ids` and `stop_strings` (none: a turn ends at its
@@ -341,25 +341,7 @@ class CodeEnv:
 
   def __init__(self, tokenizer, config: CodeEnvConfig = CodeEnvConfig(), *,
                sandbox: Executor | None = None, reward_fn: RewardFn = plus_minus_one):
-    self.tokenizer = tokenizer
-    self.config = config
-    self.reward_fn = reward_fn
-    self.stop_token_ids: tuple[int, ...] = tuple(tokenizer.stop_ids)
-    self.stop_strings: tuple[str, ...] = ()
-    self._sandbox, self._owns_sandbox = sandbox, sandbox is None
-    self._lock = threading.Lock()
-
-  @property
-  def sandbox(self) -> Executor:
-    """The executor that runs the tests (started here on first use when none was given)."""
-    with self._lock:
-      if self._sandbox is None:
-        try:
-          self._sandbox = SandboxPool(self.config.sandbox_workers)
-        except SandboxError as e:
-          raise EnvError(f"code env: cannot start the sandbox: {e}",
-                         reason="sandbox_error") from e
-      return self._sandbox
+    super().__init__(tokenizer, config, sandbox=sandbox, reward_fn=reward_fn)
 
   def prompt(self, problem: CodeProblem) -> list[int]:
     return chat_prompt(self.tokenizer, [{"role": "user", "content": user_message(problem)}],
@@ -371,19 +353,6 @@ class CodeEnv:
     except ValueError as e:
       raise ValueError(f"code env: task {task.id!r} is not a code task: {e}") from e
     return CodeEpisode(self, task, problem)
-
-  def close(self) -> None:
-    """Stops the sandbox pool the env started (a given one is the caller's)."""
-    with self._lock:
-      if self._owns_sandbox and self._sandbox is not None:
-        self._sandbox.close()
-        self._sandbox = None
-
-  def __enter__(self) -> "CodeEnv":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
 
 
 class CodeEpisode:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
 from collections.abc import Sequence
 
 from cwm_jax.evals.math500 import USER_SUFFIX, equivalent, last_boxed
@@ -49,7 +48,8 @@ from cwm_jax.inference.chat import chat_prompt, tool_message
 from cwm_jax.rl.envs.base import (EnvError, RewardFn, StepResult, Task, continue_dialog,
                                   plus_minus_one, shorten, turn_text)
 from cwm_jax.rl.envs.tasks import MathProblem, parse_math
-from cwm_jax.sandbox import Executor, SandboxError, SandboxPool
+from cwm_jax.rl.envs.sandboxed import SandboxedEnv
+from cwm_jax.sandbox import Executor, SandboxError
 from cwm_jax.tokenizer.formats import THINK_END, parse_tool_calls, split_reasoning
 
 FORMAT_REASONS = ("bad_think", "no_boxed", "multiple_boxed", "bad_tool_call", "tool_limit")
@@ -183,7 +183,7 @@ def run_python_tool(executor: Executor, code: str, config: MathEnvConfig) -> str
 # ---------------------------------------------------------------- env and episode
 
 
-class MathEnv:
+class MathEnv(SandboxedEnv):
   """The math environment, with or without the python tool (see the module docstring).
 
   The engine reads `stop_token_ids`, `stop_strings` (`("</tool>",)` with the tool:
@@ -194,26 +194,9 @@ class MathEnv:
 
   def __init__(self, tokenizer, config: MathEnvConfig = MathEnvConfig(), *,
                sandbox: Executor | None = None, reward_fn: RewardFn = plus_minus_one):
-    self.tokenizer = tokenizer
-    self.config = config
-    self.reward_fn = reward_fn
+    super().__init__(tokenizer, config, sandbox=sandbox, reward_fn=reward_fn,
+                     stop_strings=(TOOL_STOP,) if config.python_tool else ())
     self.name = "math_python" if config.python_tool else "math"
-    self.stop_token_ids: tuple[int, ...] = tuple(tokenizer.stop_ids)
-    self.stop_strings: tuple[str, ...] = (TOOL_STOP,) if config.python_tool else ()
-    self._sandbox, self._owns_sandbox = sandbox, sandbox is None
-    self._lock = threading.Lock()
-
-  @property
-  def sandbox(self) -> Executor:
-    """The executor of tool calls (started here on first use when none was given)."""
-    with self._lock:
-      if self._sandbox is None:
-        try:
-          self._sandbox = SandboxPool(self.config.sandbox_workers)
-        except SandboxError as e:
-          raise EnvError(f"math env: cannot start the sandbox: {e}",
-                         reason="sandbox_error") from e
-      return self._sandbox
 
   def prompt(self, problem: MathProblem) -> list[int]:
     environment = tool_environment(self.config) if self.config.python_tool else None
@@ -227,19 +210,6 @@ class MathEnv:
     except ValueError as e:
       raise ValueError(f"math env: task {task.id!r} is not a math task: {e}") from e
     return MathEpisode(self, task, problem)
-
-  def close(self) -> None:
-    """Stops the sandbox pool the env started (a given one is the caller's)."""
-    with self._lock:
-      if self._owns_sandbox and self._sandbox is not None:
-        self._sandbox.close()
-        self._sandbox = None
-
-  def __enter__(self) -> "MathEnv":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
 
 
 class MathEpisode:
