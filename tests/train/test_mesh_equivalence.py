@@ -123,7 +123,7 @@ def test_activations_follow_the_logical_rules(initial_state):
                                           None, batch["segment_ids"]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("context", [2, 4])
+@pytest.mark.parametrize("context", [4])  # 8 chunks of 4 tokens: documents cross them
 def test_zigzag_context_load_balance_matches_one_device(initial_state, reference, context):
   """`context_load_balance="zigzag"`: the objective permutes tokens, targets, positions
   and segment ids to the zig-zag layout; loss, metrics and the updated state (so the
