@@ -166,9 +166,10 @@ class Bar:
                      "    except BaseException:\n        pass\n    return 1\n",
     "untraced_loop": "while True:\n    pass\n" + M + "    return 1\n",
     "loop_in_builtin": M + "    import itertools\n    return sum(itertools.count())\n",
-    # Zero-filled buffers are mapped lazily: the address-space limit is hit at once,
-    # without touching pages (a slow, load-dependent path that could time out first).
-    "memory": M + "    x = [bytearray(10**8) for _ in range(10**3)]\n",
+    # One allocation past the address-space limit fails at once, even on a loaded
+    # machine (many smaller ones, each a traced comprehension step, could hit the
+    # time limit first).
+    "memory": M + "    x = bytearray(4 * 10**9)\n",
     "syntax": M + "    return (\n",
     "no_marker": "def main():\n    return 1\n",
     "module_raises": "1/0\n" + M + "    return 1\n",
