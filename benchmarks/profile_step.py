@@ -5,10 +5,11 @@ that each switch off one suspect, side by side in one run.
     python -m benchmarks.profile_step                                  # tiny + small, T 256, 1024
     python -m benchmarks.profile_step --configs=small --seq=1024 --top=25
     python -m benchmarks.profile_step --variants=base,unscanned --no-profile
+    python -m benchmarks.profile_step --configs=preset:tiny --seq=1024   # the quickstart's model
 
 The step is the one `benchmarks/forward_vs_hf.py` times (mean next-token
 cross-entropy of dense logits, `jax.value_and_grad`, float32, batch 1), on the
-same configs (`forward_vs_hf.CONFIGS`), with random weights.
+same configs (`forward_vs_hf.CONFIGS`, or a model preset), with random weights.
 
 Variants (`--variants`), each the base config with one field changed:
   base        the library's defaults (attention `auto`, layers scanned in groups)
@@ -18,7 +19,8 @@ Variants (`--variants`), each the base config with one field changed:
   chunked     attention_impl=chunked: online softmax over key chunks (custom VJP)
 
 Profile: the base step runs `--profile_steps` times under `jax.profiler.trace`;
-the trace's per-op events on the XLA CPU threads are summed by op name (fusion
+the self time (less nested events) of the trace's op events on the XLA CPU
+threads is summed by op name (fusion
 names are grouped by kind: `fusion`, `dot`, `while`, ...) and printed as a share
 of the summed op time, with the top `--top` single ops. Absolute numbers on a
 shared CPU are noise; read shares and ratios.
@@ -43,7 +45,7 @@ import numpy as np
 
 from benchmarks.forward_vs_hf import CONFIGS
 from cwm_jax.model import transformer
-from cwm_jax.model.config import ModelConfig, cwm_layer_types
+from cwm_jax.model.config import ModelConfig, cwm_layer_types, get_preset
 from cwm_jax.model.params import init_params
 
 VARIANTS = {
@@ -51,11 +53,15 @@ VARIANTS = {
     "unscanned": {"scan_layers": False},
     "reference": {"attention_impl": "reference"},
     "chunked": {"attention_impl": "chunked"},
+    "unscanned_chunked": {"scan_layers": False, "attention_impl": "chunked"},
 }
 
 
 def model_config(name: str, seq: int, **overrides) -> ModelConfig:
-  """Our ModelConfig of `forward_vs_hf.CONFIGS[name]` (CWM's 3:1 local/global)."""
+  """Our ModelConfig of `forward_vs_hf.CONFIGS[name]` (CWM's 3:1 local/global), or
+  of the model preset `preset:<name>` (e.g. `preset:tiny`, the quickstart's model)."""
+  if name.startswith("preset:"):
+    return get_preset(name.split(":", 1)[1], max_seq_len=max(seq, 4096), **overrides)
   c = CONFIGS[name]
   n_layers = c["num_hidden_layers"]
   base = dict(vocab_size=c["vocab_size"], d_model=c["hidden_size"], n_layers=n_layers,
@@ -114,18 +120,34 @@ def profile_ops(fn, args, steps: int) -> list[tuple[str, float, int]]:
   for e in events:
     if e.get("ph") == "M" and e.get("name") == "thread_name":
       threads[(e["pid"], e["tid"])] = e["args"]["name"]
-  totals = collections.defaultdict(lambda: [0.0, 0])
+  # Per thread, an event's self time is its duration less that of the events
+  # nested in it (a `while` op holds its body's ops; executors hold whole steps).
+  by_thread = collections.defaultdict(list)
   for e in events:
-    if e.get("ph") != "X" or "dur" not in e:
-      continue
-    thread = threads.get((e.get("pid"), e.get("tid")), "")
-    # XLA CPU thunks run on the calling thread or on the intra-op pool; the
-    # Python thread's own events (PjitFunction, ...) are not ops.
-    name = e["name"]
-    if thread.startswith("python") or name.startswith(("Pjit", "pjit", "$", "jit_")):
-      continue
-    totals[name][0] += e["dur"]
-    totals[name][1] += 1
+    if e.get("ph") == "X" and "dur" in e:
+      by_thread[(e.get("pid"), e.get("tid"))].append(e)
+  totals = collections.defaultdict(lambda: [0.0, 0])
+  for key, evs in by_thread.items():
+    thread = threads.get(key, "")
+    evs.sort(key=lambda e: (e["ts"], -e["dur"]))
+    stack = []  # [event, child time]
+    def close(item):
+      e, child = item
+      name = e["name"]
+      # The Python thread's own events (PjitFunction, ...) and the executor /
+      # thread-pool frames are not ops.
+      if not (thread.startswith("python") or name.startswith(
+          ("Pjit", "pjit", "$", "jit_", "ThunkExecutor", "SlinkyThreadPool"))):
+        totals[name][0] += e["dur"] - child
+        totals[name][1] += 1
+    for e in evs:
+      while stack and e["ts"] >= stack[-1][0]["ts"] + stack[-1][0]["dur"]:
+        close(stack.pop())
+      if stack:
+        stack[-1][1] += e["dur"]
+      stack.append([e, 0.0])
+    while stack:
+      close(stack.pop())
   return sorted(((n, t, c) for n, (t, c) in totals.items()), key=lambda r: -r[1])
 
 
@@ -144,18 +166,18 @@ def main():
         f"{os.cpu_count()} cores; float32, batch 1, median of {args.repeats}")
   for name in args.configs.split(","):
     for seq in (int(s) for s in args.seq.split(",")):
-      tokens = jnp.asarray(np.random.RandomState(0).randint(0, CONFIGS[name]["vocab_size"],
-                                                            (1, seq + 1)))
+      vocab = model_config(name, seq).vocab_size
+      tokens = jnp.asarray(np.random.RandomState(0).randint(0, vocab, (1, seq + 1)))
       base_ms = None
       print(f"\n== {name}, T={seq}: fwd+bwd step by variant")
-      print(f"{'variant':10} {'compile s':>9} {'step ms':>9} {'tok/s':>9} {'vs base':>8}")
+      print(f"{'variant':18} {'compile s':>9} {'step ms':>9} {'tok/s':>9} {'vs base':>8}")
       for variant in args.variants.split(","):
         cfg = model_config(name, seq, **VARIANTS[variant])
         params = init_params(cfg, jax.random.key(0))
         fn = loss_fn(cfg)
         first, sec = step_seconds(fn, (params, tokens), args.repeats)
         base_ms = base_ms or sec * 1e3
-        print(f"{variant:10} {first:>9.2f} {sec * 1e3:>9.1f} {seq / sec:>9.0f} "
+        print(f"{variant:18} {first:>9.2f} {sec * 1e3:>9.1f} {seq / sec:>9.0f} "
               f"{base_ms / (sec * 1e3):>8.2f}")
       if not args.profile:
         continue
