@@ -14,8 +14,8 @@ Backends (`BACKENDS`), each declaring where it runs and which masks it serves:
               static q_offset; any float dtype
 
 `impl="auto"` (`choose_impl`, a pure function of platform, mask, dtype and shapes):
-  TPU: splash; GPU: cudnn, else pallas_gpu; then (any platform) the reference
-  while T * S <= 512 * 512, else chunked. (cuDNN first: on an H200 it ran
+  TPU: splash; GPU: cudnn, else pallas_gpu; then the reference while
+  T * S <= 512 * 512 (on CPU: 64 * 64), else chunked. (cuDNN first: on an H200 it ran
   forward+backward about 1.4x faster than pallas_gpu where both serve;
   `benchmarks/gpu_attention_check.py` measures all of them.)
 An explicit `impl` that cannot serve the call raises a ValueError naming the
@@ -36,6 +36,12 @@ from cwm_jax.model.attention.mask import Mask, self_attention_mask
 from cwm_jax.model.attention.reference import reference_attention
 
 SMALL_SCORES = 512 * 512  # T * S up to which 'auto' materialises scores
+# On CPU the chunked kernel is faster from T = 128 up (issue 13, benchmarks/RESULTS.md:
+# forward 1.2x at T=128, 1.4-1.6x at T=256, fwd+bwd 1.3x; the quickstart's packed
+# 16 x 256 pretrain step 2.6x): autodiff of the einsum path keeps and transposes
+# several [B, K, G, T, S] float32 arrays, the kernel skips out-of-band blocks. The
+# reference stays the choice for tiny calls, where it compiles faster.
+SMALL_SCORES_CPU = 64 * 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +98,8 @@ def choose_impl(platform: str, mask: Mask, dtype, q_shape, k_shape) -> str:
   for name in PREFERRED.get(platform, ()):
     if BACKENDS[name].supports(mask, dtype, platform, q_shape, k_shape) is None:
       return name
-  if mask.has_positions or q_shape[1] * k_shape[1] <= SMALL_SCORES:
+  small = SMALL_SCORES_CPU if platform == "cpu" else SMALL_SCORES
+  if mask.has_positions or q_shape[1] * k_shape[1] <= small:
     return "reference"
   return "chunked"
 
