@@ -4,10 +4,17 @@ noise hits both alike.
 
     python -m benchmarks.vs_commit --ref=HEAD~1                    # train_step
     python -m benchmarks.vs_commit --ref=c8a9e8d --what=train_step --rounds=5
+    python -m benchmarks.vs_commit --ref=f0e2963 --what=quickstart_midtrain
 
 Measurements (`--what`), each a snippet using only APIs both trees share:
   train_step   tokens/s of the jitted cross-entropy train step (`jit_train_step`)
                on the `tiny` model, B x T = 16 x 256, one CPU device, after warm-up.
+  loss_grad    tokens/s of the gradient of the chunked cross-entropy alone, same shapes.
+  quickstart_pretrain, quickstart_midtrain
+               tokens/s of the train step the quickstart runs in each stage: its
+               model (`experiments/configs/common.TINY_MODEL`), its batch (16 x 256,
+               and 2 x 1,024 with RoPE scaling), packed rows (segment ids), its loss
+               chunk, and its 2 host devices (data parallel).
 
 Prints each round's numbers and the median ratio this / ref.
 """
@@ -73,6 +80,49 @@ print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0), "l
 ''',
 }
 
+_QUICKSTART = r'''
+import json, time, sys
+import jax, jax.numpy as jnp, numpy as np
+from cwm_jax.model import get_preset
+from cwm_jax.model.config import RopeScaling
+from cwm_jax.sharding import MeshConfig, make_mesh
+from cwm_jax.train import OptimizerConfig, make_optimizer, init_train_state, jit_train_step
+from cwm_jax.train.state import train_state_shardings
+from experiments.configs import common
+steps, stage = int(sys.argv[1]), "STAGE"
+kw = {k: v for k, v in common.TINY_MODEL.items() if k != "preset"}
+if stage == "midtrain":
+  B, T = 2, 1024
+  kw.update(max_seq_len=4096, rope_scaling=RopeScaling(**dict(common.ROPE, factor=4.0,
+                                                             original_max_positions=256)))
+else:
+  B, T = 16, 256
+cfg = get_preset("tiny", **kw)
+opt = make_optimizer(OptimizerConfig(warmup_steps=10, total_steps=1000))
+mesh = make_mesh(MeshConfig(data=jax.device_count()))
+sh = train_state_shardings(mesh, cfg, opt)
+state = init_train_state(cfg, opt, jax.random.key(0), mesh=mesh)
+step = jit_train_step(mesh, cfg, opt, sh, loss_chunk=common.train_config("tiny", stage).loss_chunk)
+rng = np.random.default_rng(0)
+# Packed rows: documents of ~100 tokens (segment ids), as the toy corpus packs them.
+segments = np.cumsum(rng.random((B, T)) < 0.01, axis=1).astype(np.int32)
+batch = {"tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T)), jnp.int32),
+         "loss_mask": jnp.ones((B, T), jnp.int32), "segment_ids": jnp.asarray(segments)}
+for _ in range(3):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+t0 = time.perf_counter()
+for _ in range(steps):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
+                  "loss": float(m["loss"])}))
+'''
+for _stage in ("pretrain", "midtrain"):
+  SNIPPETS[f"quickstart_{_stage}"] = _QUICKSTART.replace("STAGE", _stage)
+# Host devices per measurement (the quickstart uses one per core, up to 2).
+DEVICES = {"quickstart_pretrain": 2, "quickstart_midtrain": 2}
+
 
 def worktree(ref: str) -> str:
   path = tempfile.mkdtemp(prefix="cwm_ref_")
@@ -81,7 +131,9 @@ def worktree(ref: str) -> str:
 
 
 def measure(tree: str, what: str, steps: int) -> dict:
-  env = {**os.environ, "PYTHONPATH": tree, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  devices = DEVICES.get(what, 1)
+  env = {**os.environ, "PYTHONPATH": tree,
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   out = subprocess.run([sys.executable, "-c", SNIPPETS[what], str(steps)], cwd=tree, env=env,
                        capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
