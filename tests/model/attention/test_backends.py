@@ -316,8 +316,8 @@ def _kv(shape, K=2):
 
 SEG = jnp.zeros((1, 1024), jnp.int32)
 SEG_SMALL = jnp.zeros((1, 256), jnp.int32)
-TINY = (1, 64, 8, 128)
-SEG_TINY = jnp.zeros((1, 64), jnp.int32)
+TINY = (1, 128, 8, 128)
+SEG_TINY = jnp.zeros((1, 128), jnp.int32)
 TRACED_OFFSET = jnp.asarray(5)  # not a Python int: what a jitted prefill offset looks like
 
 
@@ -340,7 +340,7 @@ TRACED_OFFSET = jnp.asarray(5)  # not a Python int: what a jitted prefill offset
     ("gpu", Mask(q_offset=TRACED_OFFSET), "bfloat16", SMALL, "reference"),
     ("cpu", Mask(), "bfloat16", TINY, "reference"),
     ("cpu", Mask(q_segment_ids=SEG_TINY, kv_segment_ids=SEG_TINY), "float32", TINY, "reference"),
-    ("cpu", Mask(), "float32", (1, 65, 8, 128), "chunked"),           # CPU: chunked above 64 x 64
+    ("cpu", Mask(), "float32", (1, 129, 8, 128), "chunked"),          # CPU: chunked above 128 x 128
     ("cpu", Mask(q_segment_ids=SEG_SMALL, kv_segment_ids=SEG_SMALL), "float32", SMALL, "chunked"),
     ("cpu", Mask(), "bfloat16", BIG, "chunked"),
     ("cpu", Mask(window=64), "float32", BIG, "chunked"),
