@@ -103,6 +103,55 @@ def _query_chunks(p: _Plan, band: _Band, kj):
   return lo, jnp.where(lo_i <= hi_i, hi_i // p.cq + 1, lo)
 
 
+class _SegmentRanges(NamedTuple):
+  """Per query chunk the [lo, hi) of key chunks whose segment ids can match any of
+  its own (in some row), and per key chunk the same range of query chunks."""
+  k_lo: jax.Array  # [nq] int32
+  k_hi: jax.Array
+  q_lo: jax.Array  # [nk] int32
+  q_hi: jax.Array
+
+
+def _segment_ranges(p: _Plan, qseg_nBq, kseg_nBk) -> "_SegmentRanges | None":
+  """Chunk ranges from each chunk's [min, max] segment id per row (padding excluded).
+  A block outside them has no query-key pair in one segment: fully masked, so
+  skipping it changes no result. With packed documents (ids non-decreasing along
+  a row) a query chunk's range is its own documents' chunks: a global layer's
+  causal band shrinks to the chunks of the documents it holds."""
+  if qseg_nBq is None:
+    return None
+  big = jnp.iinfo(jnp.int32).max
+
+  def bounds(seg_nBc, n, c, length):
+    valid_n1c = (jnp.arange(n * c) < length).reshape(n, 1, c)
+    seg = seg_nBc.astype(jnp.int32)
+    return (jnp.min(jnp.where(valid_n1c, seg, big), axis=-1),
+            jnp.max(jnp.where(valid_n1c, seg, -big), axis=-1))
+
+  qmin_nB, qmax_nB = bounds(qseg_nBq, p.nq, p.cq, p.T)
+  kmin_nB, kmax_nB = bounds(kseg_nBk, p.nk, p.ck, p.S)
+  overlap_qk = jnp.any((qmin_nB[:, None] <= kmax_nB[None]) & (kmin_nB[None] <= qmax_nB[:, None]),
+                       axis=-1)
+
+  def first_last(ok_ab):
+    """[lo, hi) of the True entries along the last axis (lo == hi == 0 if none)."""
+    n = ok_ab.shape[-1]
+    lo = jnp.argmax(ok_ab, axis=-1)
+    hi = n - jnp.argmax(ok_ab[..., ::-1], axis=-1)
+    some = jnp.any(ok_ab, axis=-1)
+    return jnp.where(some, lo, 0).astype(jnp.int32), jnp.where(some, hi, 0).astype(jnp.int32)
+
+  k_lo, k_hi = first_last(overlap_qk)
+  q_lo, q_hi = first_last(overlap_qk.T)
+  return _SegmentRanges(k_lo, k_hi, q_lo, q_hi)
+
+
+def _clip(lo, hi, seg_lo, seg_hi):
+  """The intersection of two chunk ranges, empty (hi == lo) if they do not meet."""
+  lo, hi = jnp.maximum(lo, seg_lo), jnp.minimum(hi, seg_hi)
+  return lo, jnp.maximum(hi, lo)
+
+
 def _block_ok(p: _Plan, band: _Band, qi, kj, qseg_Bq, kseg_Bk, *, keys_first=False):
   """Boolean [B or 1, q, k] (or [B or 1, k, q] with `keys_first`) mask of block (qi, kj)."""
   i_q = qi * p.cq + jnp.arange(p.cq)
@@ -141,6 +190,7 @@ def _block_scores_t(p: _Plan, band: _Band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kse
 def _forward(p: _Plan, band: _Band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk):
   """Online-softmax forward. Returns out (q dtype), lse (f32) and the block count."""
   B, K, G, _, H = q_nBKGqH.shape[1:]
+  ranges = _segment_ranges(p, qseg_nBq, kseg_nBk)
 
   def q_step(count, xs):
     qi, q_BKGqH, qseg_Bq = xs
@@ -162,6 +212,8 @@ def _forward(p: _Plan, band: _Band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_n
     init = (jnp.full((B, K, G, p.cq), -jnp.inf, _F32), jnp.zeros((B, K, G, p.cq), _F32),
             jnp.zeros((B, K, G, p.cq, H), _F32), count)
     lo, hi = _key_chunks(p, band, qi)
+    if ranges is not None:
+      lo, hi = _clip(lo, hi, ranges.k_lo[qi], ranges.k_hi[qi])
     m_BKGq, l_BKGq, acc_BKGqH, count = lax.fori_loop(lo, hi, k_step, init)
     seen_BKGq = l_BKGq > 0
     out_BKGqH = acc_BKGqH / jnp.where(seen_BKGq, l_BKGq, 1.0)[..., None]
@@ -177,6 +229,7 @@ def _backward(p: _Plan, res, dout_nBKGqH):
   """FlashAttention-2 backward: a dq pass and a dk/dv pass. Also returns block counts."""
   band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk, out_nBKGqH, lse_nBKGq = res
   d_nBKGq = jnp.sum(dout_nBKGqH.astype(_F32) * out_nBKGqH.astype(_F32), axis=-1)
+  ranges = _segment_ranges(p, qseg_nBq, kseg_nBk)
 
   def block(qi, kj, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq, kseg_Bk):
     """Recomputed probabilities p and score gradients ds (pre-scale) of one block."""
@@ -198,6 +251,8 @@ def _backward(p: _Plan, res, dout_nBKGqH):
       return dq_BKGqH, count + 1
 
     lo, hi = _key_chunks(p, band, qi)
+    if ranges is not None:
+      lo, hi = _clip(lo, hi, ranges.k_lo[qi], ranges.k_hi[qi])
     dq_BKGqH, count = lax.fori_loop(lo, hi, k_step, (jnp.zeros(q_BKGqH.shape, _F32), count))
     return count, (dq_BKGqH * p.scale).astype(q_BKGqH.dtype)
 
@@ -222,6 +277,8 @@ def _backward(p: _Plan, res, dout_nBKGqH):
 
     zeros_BKkH = jnp.zeros(k_BKkH.shape, _F32)
     lo, hi = _query_chunks(p, band, kj)
+    if ranges is not None:
+      lo, hi = _clip(lo, hi, ranges.q_lo[kj], ranges.q_hi[kj])
     dk_BKkH, dv_BKkH, count = lax.fori_loop(lo, hi, q_step, (zeros_BKkH, zeros_BKkH, count))
     return count, ((dk_BKkH * p.scale).astype(k_BKkH.dtype), dv_BKkH.astype(v_nBKkH.dtype))
 

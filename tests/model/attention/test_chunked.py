@@ -181,6 +181,25 @@ def test_processes_exactly_the_band_blocks(causal, window, T, S, q_offset, chunk
   assert counts == {"forward": want, "dq": want, "dkv": want}
 
 
+def test_packed_rows_skip_blocks_between_documents():
+  """Causal attention over packed documents (ids 1..k along each row, as
+  `pack.make_row` writes them): each pass visits exactly the blocks holding a
+  query-key pair of one document, fewer than the causal band."""
+  T, chunk = 96, 16
+  starts = np.zeros((B, T), np.int32)
+  starts[0, [20, 31, 70]] = 1
+  starts[1, [9, 45, 50, 88]] = 1
+  seg = jnp.asarray(np.cumsum(starts, axis=1) + 1)
+  mask = Mask(causal=True, q_segment_ids=seg, kv_segment_ids=seg)
+  x = jnp.zeros((B, T, N, H))
+  counts = processed_blocks(x, x[:, :, :2], x[:, :, :2], mask, chunk_size=chunk)
+  ok_BTS = np.asarray(mask.dense_BTS(T, T))
+  want = sum(ok_BTS[:, i:i + chunk, j:j + chunk].any()
+             for i, j in itertools.product(range(0, T, chunk), range(0, T, chunk)))
+  assert counts == dict.fromkeys(("forward", "dq", "dkv"), want)
+  assert want < _band_blocks(T, T, Mask(causal=True), chunk)
+
+
 def test_sliding_window_work_grows_linearly():
   """With a one-chunk window the processed blocks are 2 * T/chunk - 1 (linear in T),
   while full causal attention processes n(n+1)/2 (quadratic)."""
