@@ -6,9 +6,12 @@ for each one a `fori_loop` with *traced* bounds walks only the key chunks that
 intersect that query chunk's causal/window band, keeping a running row max `m`,
 normaliser `l` and un-normalised output `acc` (the online softmax). Key chunks
 outside the band are never visited, so a window of W keys costs
-O(T * (W + chunk) * H) FLOPs instead of O(T * S * H). Inside a visited block
-the exact position mask (causal, window, padding) and the segment ids are
-applied elementwise.
+O(T * (W + chunk) * H) FLOPs instead of O(T * S * H). With segment ids the
+range is also cut to the key chunks whose ids can match the query chunk's
+(`_segment_ranges`): over packed documents a global layer visits only the
+chunks of the documents each query chunk holds. Inside a visited block the
+exact position mask (causal, window, padding) and the segment ids are applied
+elementwise.
 
 Memory. Besides inputs and outputs, a step holds one [B, K, G, cq, ck] float32
 score block and [B, K, G, cq, H] accumulators; the float32 logsumexp
