@@ -29,6 +29,19 @@ import subprocess
 import sys
 import tempfile
 
+# The tail of the train-step snippets: warm up, then time `steps` steps of `step`.
+_TIMED_STEPS = r'''
+for _ in range(3):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+t0 = time.perf_counter()
+for _ in range(steps):
+  state, m = step(state, batch)
+jax.block_until_ready(state)
+print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
+                  "loss": float(m["loss"])}))
+'''
+
 SNIPPETS = {
     "train_step": r'''
 import json, time, sys
@@ -47,16 +60,7 @@ step = jit_train_step(mesh, cfg, opt, sh, loss_chunk=256)
 rng = np.random.default_rng(0)
 batch = {"tokens": jnp.asarray(rng.integers(0, 2048, (B, T)), jnp.int32),
          "loss_mask": jnp.ones((B, T), jnp.int32)}
-for _ in range(3):
-  state, m = step(state, batch)
-jax.block_until_ready(state)
-t0 = time.perf_counter()
-for _ in range(steps):
-  state, m = step(state, batch)
-jax.block_until_ready(state)
-print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
-                  "loss": float(m["loss"])}))
-''',
+''' + _TIMED_STEPS,
     "loss_grad": r'''
 import json, time, sys
 import jax, jax.numpy as jnp, numpy as np
@@ -108,16 +112,7 @@ rng = np.random.default_rng(0)
 segments = np.cumsum(rng.random((B, T)) < 0.01, axis=1).astype(np.int32)
 batch = {"tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T)), jnp.int32),
          "loss_mask": jnp.ones((B, T), jnp.int32), "segment_ids": jnp.asarray(segments)}
-for _ in range(3):
-  state, m = step(state, batch)
-jax.block_until_ready(state)
-t0 = time.perf_counter()
-for _ in range(steps):
-  state, m = step(state, batch)
-jax.block_until_ready(state)
-print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
-                  "loss": float(m["loss"])}))
-'''
+''' + _TIMED_STEPS
 for _stage in ("pretrain", "midtrain"):
   SNIPPETS[f"quickstart_{_stage}"] = _QUICKSTART.replace("STAGE", _stage)
 # Host devices per measurement (the quickstart uses one per core, up to 2).
