@@ -19,12 +19,11 @@ memory grows linearly in T (and its local-window cost too); the reference's
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks.timing import first_and_median
 from cwm_jax.model.attention import attention
 from cwm_jax.model.attention.mask import Mask
 
@@ -48,13 +47,7 @@ def measure(impl, mask, chunk, shapes, dtype, repeats, cap_bytes):
     return temp, None
   keys = jax.random.split(jax.random.key(T), 4)
   values = [jax.random.normal(kk, a.shape, a.dtype) for kk, a in zip(keys, args)]
-  jax.block_until_ready(compiled(*values))  # warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*values))
-    times.append(time.perf_counter() - t0)
-  return temp, statistics.median(times)
+  return temp, first_and_median(compiled, *values, repeats=repeats)[1]
 
 
 def _mb(x):

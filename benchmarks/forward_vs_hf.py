@@ -13,14 +13,13 @@ references here, as in the tests.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import first_and_median
 from cwm_jax.convert import load_hf
 from cwm_jax.model import transformer
 
@@ -33,16 +32,6 @@ CONFIGS = {
     "cwm_1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                    num_attention_heads=32, num_key_value_heads=8, head_dim=64, sliding_window=8192),
 }
-
-
-def _median_seconds(fn, repeats):
-  fn()  # warm-up (compilation / allocator)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
@@ -95,8 +84,8 @@ def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
   for mode, ours, theirs in (
       ("forward", lambda: fwd(params, tok_j).block_until_ready(), hf_fwd),
       ("fwd+bwd", lambda: jax.block_until_ready(grad(params, tok_j)), hf_grad)):
-    t_ours = _median_seconds(ours, repeats)
-    t_hf = _median_seconds(theirs, repeats)
+    t_ours = first_and_median(ours, repeats=repeats)[1]
+    t_hf = first_and_median(theirs, repeats=repeats)[1]
     rows.append((name, seq, batch, mode, n_tokens / t_ours, n_tokens / t_hf, t_hf / t_ours))
   return rows
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import time
 import traceback
 
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import first_and_median
 from cwm_jax.model.attention import BACKENDS, attention, platform_of
 from cwm_jax.model.attention.cudnn import cudnn_attention
 from cwm_jax.model.attention.mask import Mask
@@ -177,18 +177,6 @@ def check_correctness(args, backends, dtype, smoke):
   return failures
 
 
-def median_ms(f, args_, repeats):
-  t0 = time.perf_counter()
-  jax.block_until_ready(f(*args_))
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args_))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times) * 1e3, compile_s
-
-
 def time_backends(args, backends, dtype, smoke, deadline):
   B = 1
   print(f"\n== timings: B={B} N={args.N} K={args.K} H={args.H} {dtype.name}; median of "
@@ -210,8 +198,9 @@ def time_backends(args, backends, dtype, smoke, deadline):
           continue
         fn = functools.partial(backend_fn(name, smoke), mask=mask)
         try:
-          fwd_ms, c1 = median_ms(jax.jit(fn), (q, k, v), args.repeats)
-          fb_ms, c2 = median_ms(jax.jit(fwd_bwd(fn)), (q, k, v, do), args.repeats)
+          c1, fwd_s = first_and_median(jax.jit(fn), q, k, v, repeats=args.repeats)
+          c2, fb_s = first_and_median(jax.jit(fwd_bwd(fn)), q, k, v, do, repeats=args.repeats)
+          fwd_ms, fb_ms = fwd_s * 1e3, fb_s * 1e3
           print(f"{label} {fwd_ms:9.2f} {flops / fwd_ms / 1e9:6.1f} {fb_ms:11.2f} "
                 f"{3.5 * flops / fb_ms / 1e9:6.1f} {c1 + c2:10.1f}")
         except Exception as e:  # noqa: BLE001

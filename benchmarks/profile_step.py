@@ -35,15 +35,14 @@ import gzip
 import json
 import os
 import re
-import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.forward_vs_hf import CONFIGS
+from benchmarks.timing import first_and_median
 from cwm_jax.model import transformer
 from cwm_jax.model.config import ModelConfig, cwm_layer_types, get_preset
 from cwm_jax.model.params import init_params
@@ -79,19 +78,6 @@ def loss_fn(cfg):
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, tokens_BT[:, 1:, None], axis=-1))
   return jax.jit(jax.value_and_grad(ce))
-
-
-def step_seconds(fn, args, repeats: int) -> tuple[float, float]:
-  """(compile + first call seconds, median seconds of `repeats` calls)."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
 
 
 _KIND = re.compile(r"^([a-z_\-]+?)(?:[._]\d+)*$")
@@ -175,7 +161,7 @@ def main():
         cfg = model_config(name, seq, **VARIANTS[variant])
         params = init_params(cfg, jax.random.key(0))
         fn = loss_fn(cfg)
-        first, sec = step_seconds(fn, (params, tokens), args.repeats)
+        first, sec = first_and_median(fn, params, tokens, repeats=args.repeats)
         base_ms = base_ms or sec * 1e3
         print(f"{variant:18} {first:>9.2f} {sec * 1e3:>9.1f} {seq / sec:>9.0f} "
               f"{base_ms / (sec * 1e3):>8.2f}")
