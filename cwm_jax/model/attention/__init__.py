@@ -38,7 +38,7 @@ from cwm_jax.model.attention.reference import reference_attention
 SMALL_SCORES = 512 * 512  # T * S up to which 'auto' materialises scores
 # On CPU the chunked kernel is the faster one from T = 128 up (issue 13,
 # benchmarks/RESULTS.md: forward 1.2x at T = 128 and 1.4-1.6x at T = 256, fwd+bwd
-# 1.1-1.2x and 1.3-1.4x; the quickstart's packed 16 x 256 pretrain step 1.6x):
+# 1.1-1.2x and 1.3-1.4x; the quickstart's packed 16 x 256 pretrain step 1.4-1.6x):
 # autodiff of the einsum path keeps and transposes several [B, K, G, T, S] float32
 # arrays, the kernel skips out-of-band blocks. Up to 128 x 128 the reference stays:
 # its step is at most ~1.2x slower there, and it compiles in about half the time
