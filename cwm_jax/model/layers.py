@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from cwm_jax.model.attention import Mask, attention
 from cwm_jax.model.attention.context_parallel import context_parallel_attention
 from cwm_jax.model.config import GLOBAL, ModelConfig
+from cwm_jax.model.dense import project
 from cwm_jax.model.kv_cache import LayerKV, attend_with_cache
 from cwm_jax.model.rope import apply_rope
 from cwm_jax.sharding.rules import ambient_axis_size, constrain
@@ -35,16 +36,17 @@ def rms_norm(x_BTD, weight_D, eps: float):
 
 
 def swiglu_mlp(x_BTD, gate_DF, up_DF, down_FD):
-  gate_BTF = constrain(jnp.einsum("BTD,DF->BTF", x_BTD, gate_DF), MLP_AXES)
-  up_BTF = constrain(jnp.einsum("BTD,DF->BTF", x_BTD, up_DF), MLP_AXES)
-  return constrain(jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, down_FD), X_AXES)
+  gate_BTF, up_BTF = project("BTD,DF->BTF", x_BTD, gate_DF, up_DF)
+  gate_BTF, up_BTF = constrain(gate_BTF, MLP_AXES), constrain(up_BTF, MLP_AXES)
+  return constrain(project("BTF,FD->BTD", jax.nn.silu(gate_BTF) * up_BTF, down_FD), X_AXES)
 
 
 def project_qkv(lp: dict, x_BTD, cos_BTH, sin_BTH):
   """Queries, keys (both after RoPE) and values of one layer."""
-  q_BTNH = constrain(jnp.einsum("BTD,DNH->BTNH", x_BTD, lp["q"]), Q_AXES)
-  k_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["k"]), KV_AXES)
-  v_BTKH = constrain(jnp.einsum("BTD,DKH->BTKH", x_BTD, lp["v"]), KV_AXES)
+  # One spec for all three (K kv heads take the N letter): x is folded once.
+  q_BTNH, k_BTKH, v_BTKH = project("BTD,DNH->BTNH", x_BTD, lp["q"], lp["k"], lp["v"])
+  q_BTNH = constrain(q_BTNH, Q_AXES)
+  k_BTKH, v_BTKH = constrain(k_BTKH, KV_AXES), constrain(v_BTKH, KV_AXES)
   return apply_rope(q_BTNH, cos_BTH, sin_BTH), apply_rope(k_BTKH, cos_BTH, sin_BTH), v_BTKH
 
 
@@ -69,7 +71,7 @@ def self_attention(lp: dict, x_BTD, cos_BTH, sin_BTH, mask: Mask, cfg: ModelConf
     out_BTNH = attention(q_BTNH, k_BTKH, v_BTKH, mask, impl=cfg.attention_impl,
                          chunk=cfg.attention_chunk)
   out_BTNH = constrain(out_BTNH, Q_AXES)
-  return constrain(jnp.einsum("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES), stacks
+  return constrain(project("BTNH,NHD->BTD", out_BTNH, lp["o"]), X_AXES), stacks
 
 
 def layer_mask(layer_type: str, segment_ids_BT, cfg: ModelConfig) -> Mask:

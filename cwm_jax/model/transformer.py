@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cwm_jax.model.config import GLOBAL, LOCAL, ModelConfig
+from cwm_jax.model.dense import project
 from cwm_jax.model.kv_cache import KVCache, LayerKV, constrain_cache, type_indices
 from cwm_jax.model.layers import X_AXES, decoder_layer, layer_mask, rms_norm
 from cwm_jax.model.rope import inverse_frequencies, rope_cos_sin
@@ -171,7 +172,7 @@ def cached_hidden_states(params: dict, tokens_BT, cfg: ModelConfig, cache: KVCac
 
 def logits_from_hidden(params: dict, x_BTD, cfg: ModelConfig):
   head_DV = params["lm_head"].astype(jnp.dtype(cfg.dtype))
-  logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV, preferred_element_type=jnp.float32)
+  logits_BTV = project("BTD,DV->BTV", x_BTD, head_DV, preferred_element_type=jnp.float32)
   return constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from cwm_jax.model.dense import project
 from cwm_jax.sharding.rules import constrain
 
 
@@ -50,7 +51,7 @@ def next_token_targets(tokens_BT, loss_mask_BT=None, segment_ids_BT=None):
 
 
 def _chunk_sums(x_BCD, head_DV, targets_BC, weights_BC) -> LossSums:
-  logits_BCV = jnp.einsum("BCD,DV->BCV", x_BCD, head_DV, preferred_element_type=jnp.float32)
+  logits_BCV = project("BCD,DV->BCV", x_BCD, head_DV, preferred_element_type=jnp.float32)
   logits_BCV = constrain(logits_BCV, ("batch", "length", "act_vocab"))
   lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
   # A masked sum instead of a gather, so a vocab-sharded chunk stays sharded.
@@ -95,7 +96,7 @@ def chunked_cross_entropy(x_BTD, head_DV, targets_BT, weights_BT, *,
 
 
 def _chunk_logprobs(x_BCD, head_DV, targets_BC, *, temperature, with_entropy: bool, filter_fn):
-  logits_BCV = jnp.einsum("BCD,DV->BCV", x_BCD, head_DV, preferred_element_type=jnp.float32)
+  logits_BCV = project("BCD,DV->BCV", x_BCD, head_DV, preferred_element_type=jnp.float32)
   logits_BCV = constrain(logits_BCV, ("batch", "length", "act_vocab"))
   if not (isinstance(temperature, float) and temperature == 1.0):
     logits_BCV = logits_BCV / temperature
