@@ -6,22 +6,27 @@
     python -m benchmarks.forward_vs_hf --torch_device=cuda --configs=cwm_1b --dtype=bfloat16
 
 Absolute numbers on shared CPUs are noise; the ratio (same process, same
-weights, same tokens) is what to read. torch/transformers are benchmark-only
-references here, as in the tests.
+weights, same tokens, ours and HF called in turn round after round, the median
+of the per-round ratios) is what to read. `--unfolded` adds our program traced
+without the CPU token folding of `cwm_jax/model/dense.py` (the column
+fold/unfolded is its speed-up). torch/transformers are benchmark-only references
+here, as in the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import first_and_median
+from benchmarks.timing import interleaved, median_ratio
 from cwm_jax.convert import load_hf
 from cwm_jax.model import transformer
+from cwm_jax.model.dense import forced_folding
 
 # name -> HF CwmConfig kwargs (window shorter than the longer benchmark sequences).
 CONFIGS = {
@@ -34,7 +39,7 @@ CONFIGS = {
 }
 
 
-def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
+def bench_config(name, seq, batch, repeats, torch_device, dtype, impl, unfolded=False):
   import torch
   from transformers import CwmConfig, CwmForCausalLM
 
@@ -54,14 +59,19 @@ def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
   tok_j = jnp.asarray(tokens)
   tok_t = torch.tensor(tokens, device=torch_device)
 
-  fwd = jax.jit(lambda p, t: transformer.forward(p, t, cfg))
+  def fwd(p, t):
+    return transformer.forward(p, t, cfg)
 
   def ce(p, t):
     logits = transformer.forward(p, t[:, :-1], cfg)
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, t[:, 1:, None], axis=-1))
 
-  grad = jax.jit(jax.value_and_grad(ce))
+  def compiled(fn, fold):
+    """fn jitted and compiled now (folding is decided at trace time; a fresh
+    function, or jit would reuse the trace of the other variant)."""
+    with forced_folding(fold) if fold is not None else contextlib.nullcontext():
+      return jax.jit(lambda p, t: fn(p, t)).lower(params, tok_j).compile()
 
   def sync():
     if torch_device == "cuda":
@@ -81,12 +91,17 @@ def bench_config(name, seq, batch, repeats, torch_device, dtype, impl):
 
   rows = []
   n_tokens = batch * seq
-  for mode, ours, theirs in (
-      ("forward", lambda: fwd(params, tok_j).block_until_ready(), hf_fwd),
-      ("fwd+bwd", lambda: jax.block_until_ready(grad(params, tok_j)), hf_grad)):
-    t_ours = first_and_median(ours, repeats=repeats)[1]
-    t_hf = first_and_median(theirs, repeats=repeats)[1]
-    rows.append((name, seq, batch, mode, n_tokens / t_ours, n_tokens / t_hf, t_hf / t_ours))
+  for mode, fn, theirs in (("forward", fwd, hf_fwd), ("fwd+bwd", jax.value_and_grad(ce), hf_grad)):
+    ours = compiled(fn, None)
+    fns = {"ours": lambda: ours(params, tok_j), "hf": theirs}
+    if unfolded:
+      plain = compiled(fn, False)
+      fns["unfolded"] = lambda: plain(params, tok_j)
+    times = interleaved(fns, rounds=repeats)
+    med = {k: np.median(v) for k, v in times.items()}
+    fold_gain = median_ratio(times["unfolded"], times["ours"]) if unfolded else float("nan")
+    rows.append((name, seq, batch, mode, n_tokens / med["ours"], n_tokens / med["hf"],
+                 median_ratio(times["hf"], times["ours"]), fold_gain))
   return rows
 
 
@@ -99,18 +114,22 @@ def main():
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--torch_device", default="cpu")
   ap.add_argument("--attention_impl", default="auto", help="our attention backend (auto, reference, chunked, ...)")
+  ap.add_argument("--unfolded", action="store_true",
+                  help="also time our program without the CPU token folding (cwm_jax/model/dense.py)")
   args = ap.parse_args()
 
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch device {args.torch_device}; "
-        f"dtype {args.dtype}; attention {args.attention_impl}; median of {args.repeats}")
-  header = f"{'config':8} {'seq':>6} {'batch':>5} {'mode':8} {'ours tok/s':>12} {'HF tok/s':>12} {'ours/HF':>8}"
+        f"dtype {args.dtype}; attention {args.attention_impl}; {args.repeats} interleaved rounds")
+  header = (f"{'config':8} {'seq':>6} {'batch':>5} {'mode':8} {'ours tok/s':>12} {'HF tok/s':>12} "
+            f"{'ours/HF':>8}" + (f" {'fold/unfolded':>14}" if args.unfolded else ""))
   print(header)
   print("-" * len(header))
   for name in args.configs.split(","):
     for seq in (int(s) for s in args.seq.split(",")):
       for r in bench_config(name, seq, args.batch, args.repeats, args.torch_device, args.dtype,
-                            args.attention_impl):
-        print(f"{r[0]:8} {r[1]:>6} {r[2]:>5} {r[3]:8} {r[4]:>12.0f} {r[5]:>12.0f} {r[6]:>8.2f}")
+                            args.attention_impl, args.unfolded):
+        print(f"{r[0]:8} {r[1]:>6} {r[2]:>5} {r[3]:8} {r[4]:>12.0f} {r[5]:>12.0f} {r[6]:>8.2f}"
+              + (f" {r[7]:>14.2f}" if args.unfolded else ""))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,35 @@ blocks the devices hold, and XLA would have to reshard.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
 from cwm_jax.sharding.rules import ambient_axis_size
 
 
+_FORCED: list = [None]  # set by `forced_folding`
+
+
 def fold_tokens() -> bool:
   """Whether `project` folds [B, T] into one row axis here (trace time)."""
+  if _FORCED[0] is not None:
+    return _FORCED[0]
   return jax.default_backend() == "cpu" and ambient_axis_size("length") == 1
+
+
+@contextlib.contextmanager
+def forced_folding(fold: bool):
+  """Functions traced inside the block fold (True) or do not (False) regardless of
+  the platform: for benchmarks and tests that compare both programs on one machine.
+  JAX reuses a function's cached trace (`jax.jit(f)` of the same `f`), which this
+  switch is not part of: trace a fresh function for each setting."""
+  previous, _FORCED[0] = _FORCED[0], bool(fold)
+  try:
+    yield
+  finally:
+    _FORCED[0] = previous
 
 
 def project(spec: str, x, *ws, **einsum_kwargs):
