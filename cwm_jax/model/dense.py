@@ -7,9 +7,10 @@ backward. The weight gradient of 'BTD,DF->BTF' contracts *two* axes (B, T), and
 XLA:CPU canonicalises such a dot by materialising a transposed copy of the
 [B, T, F] cotangent, fused into the elementwise op that produces it (the SwiGLU
 or softmax backward). That copy reads its inputs with a stride of F and ran at
-5-10 ns per element, 10-25% of a small model's fwd+bwd step (issue 13). With one
-row axis XLA:CPU passes the operand to the matmul as transposed, with no copy:
-fwd+bwd ran 1.1-1.3x faster on `benchmarks/forward_vs_hf`'s configs.
+5-11 ns per element, about 10% of a small model's fwd+bwd op time (issue 13). With
+one row axis XLA:CPU passes the operand to the matmul as transposed, with no copy:
+fwd+bwd ran 1.07-1.3x faster on `benchmarks/forward_vs_hf`'s configs
+(`--unfolded` measures it).
 
 Accelerators keep the [B, T, ...] einsum (their compilers need no help, and
 their programs stay as they were). Folding is also off when a mesh shards the
