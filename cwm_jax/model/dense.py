@@ -66,11 +66,9 @@ def project(spec: str, x, *ws, **einsum_kwargs):
     rows = next(c for c in "MRBTXYZ" if c not in x_axes[2:] + w_axes + out[2:])
     spec = f"{rows}{x_axes[2:]},{w_axes}->{rows}{out[2:]}"
     x_rows = x.reshape(-1, *x.shape[2:])
-    ys = tuple(_unfold(jnp.einsum(spec, x_rows, w, **einsum_kwargs), x.shape[:2]) for w in ws)
+    ys = tuple(jnp.einsum(spec, x_rows, w, **einsum_kwargs) for w in ws)
+    ys = tuple(y.reshape(*x.shape[:2], *y.shape[1:]) for y in ys)
   else:
     ys = tuple(jnp.einsum(spec, x, w, **einsum_kwargs) for w in ws)
   return ys[0] if len(ys) == 1 else ys
 
-
-def _unfold(y_rows, tokens: tuple[int, int]) -> jax.Array:
-  return y_rows.reshape(*tokens, *y_rows.shape[1:])
