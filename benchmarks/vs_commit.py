@@ -16,6 +16,10 @@ Measurements (`--what`), each a snippet using only APIs both trees share:
                and 2 x 1,024 with RoPE scaling), packed rows (segment ids), its loss
                chunk, and its 2 host devices (data parallel).
 
+Each snippet runs in a fresh process on the allocator its tree's commands choose
+(`cwm_jax/host_memory.py`: tcmalloc where the tree has it), and the train-step
+snippets also report minor page faults per step.
+
 Prints each round's numbers and the median ratio this / ref.
 """
 
@@ -29,17 +33,34 @@ import subprocess
 import sys
 import tempfile
 
-# The tail of the train-step snippets: warm up, then time `steps` steps of `step`.
+# The head of every snippet: the allocator the tree's own commands run on (tcmalloc
+# since cwm_jax/host_memory.py; a tree without it keeps glibc malloc). This may
+# re-execute the snippet's process, so it comes first.
+_ALLOCATOR = r'''
+try:
+  from cwm_jax.host_memory import use_tcmalloc
+  use_tcmalloc()
+except ImportError:
+  pass
+'''
+
+# The tail of the train-step snippets: warm up, then time `steps` steps of `step`,
+# with the minor page faults and kernel CPU time per step.
 _TIMED_STEPS = r'''
+import resource
 for _ in range(3):
   state, m = step(state, batch)
 jax.block_until_ready(state)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 for _ in range(steps):
   state, m = step(state, batch)
 jax.block_until_ready(state)
-print(json.dumps({"tokens_per_s": steps * B * T / (time.perf_counter() - t0),
-                  "loss": float(m["loss"])}))
+dt = time.perf_counter() - t0
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"tokens_per_s": steps * B * T / dt, "loss": float(m["loss"]),
+                  "faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+                  "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps}))
 '''
 
 SNIPPETS = {
@@ -125,12 +146,13 @@ def worktree(ref: str) -> str:
   return path
 
 
-def measure(tree: str, what: str, steps: int) -> dict:
+def measure(tree: str, what: str, steps: int, env: dict | None = None) -> dict:
+  """Runs snippet `what` in a fresh process on `tree`'s code (`env` added to ours)."""
   devices = DEVICES.get(what, 1)
   env = {**os.environ, "PYTHONPATH": tree,
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  out = subprocess.run([sys.executable, "-c", SNIPPETS[what], str(steps)], cwd=tree, env=env,
-                       capture_output=True, text=True, check=True)
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
+  out = subprocess.run([sys.executable, "-c", _ALLOCATOR + SNIPPETS[what], str(steps)], cwd=tree,
+                       env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -145,7 +167,8 @@ def main(argv=None):
   ref_tree = worktree(args.ref)
   try:
     print(f"{args.what}: this tree ({here}) vs {args.ref} ({ref_tree}), {args.rounds} rounds")
-    print(f"{'round':>5} | {'this tok/s':>11} | {'ref tok/s':>10} | ratio | loss this / ref")
+    print(f"{'round':>5} | {'this tok/s':>11} | {'ref tok/s':>10} | ratio | loss this / ref"
+          f" | page faults per step this / ref")
     ratios = []
     for r in range(args.rounds):
       # Alternate the order so warm caches and load drift favour neither side.
@@ -156,7 +179,9 @@ def main(argv=None):
       ratio = got["this"]["tokens_per_s"] / got["ref"]["tokens_per_s"]
       ratios.append(ratio)
       print(f"{r:>5} | {got['this']['tokens_per_s']:>11,.0f} | {got['ref']['tokens_per_s']:>10,.0f} | "
-            f"{ratio:.3f} | {got['this']['loss']:.6f} / {got['ref']['loss']:.6f}", flush=True)
+            f"{ratio:.3f} | {got['this']['loss']:.6f} / {got['ref']['loss']:.6f} | "
+            f"{got['this'].get('faults_per_step', 0):,.0f} / {got['ref'].get('faults_per_step', 0):,.0f}",
+            flush=True)
     print(f"median ratio this/ref: {statistics.median(ratios):.3f}")
   finally:
     subprocess.run(["git", "worktree", "remove", "--force", ref_tree], check=False)

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags
 
+from cwm_jax.host_memory import use_tcmalloc
+
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, step or save_orbax directory.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF CWM checkpoint directory (instead of --checkpoint).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer file (default: see the docstring).")
@@ -95,6 +97,7 @@ def run() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; the prompt goes in --prompt.")
+  use_tcmalloc()  # may re-execute this command, so first (cwm_jax/host_memory.py)
   from cwm_jax.train.logs import quiet_library_logs  # pylint: disable=import-outside-toplevel
   quiet_library_logs()  # Orbax logs every restore at INFO
   try:

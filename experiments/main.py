@@ -20,6 +20,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cwm_jax.host_memory import use_tcmalloc
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and config go here.")
@@ -47,6 +49,7 @@ def run(config, workdir: str) -> dict:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  use_tcmalloc()  # may re-execute this command, so first (cwm_jax/host_memory.py)
   from cwm_jax.train.config import ConfigError
   from cwm_jax.train.logs import quiet_library_logs
   quiet_library_logs()

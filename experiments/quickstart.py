@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags, logging
 
+from cwm_jax.host_memory import use_tcmalloc
+
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cwm_quickstart", "Everything goes here.")
 _PROGRAMS = flags.DEFINE_integer("programs", 3000, "Synthetic programs to generate and trace.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 2048, "Tokenizer ids (at most the model's 2048).")
@@ -108,6 +110,7 @@ def use_cpu_cores() -> None:
 
 def main(argv) -> None:
   del argv
+  use_tcmalloc()  # may re-execute this command, so first (cwm_jax/host_memory.py)
   use_cpu_cores()
   import jax
   from cwm_jax.model.params import init_params
