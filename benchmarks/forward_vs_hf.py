@@ -10,7 +10,9 @@ weights, same tokens, ours and HF called in turn round after round, the median
 of the per-round ratios) is what to read. `--unfolded` adds our program traced
 without the CPU token folding of `cwm_jax/model/dense.py` (the column
 fold/unfolded is its speed-up). torch/transformers are benchmark-only references
-here, as in the tests.
+here, as in the tests. The process runs on the allocator our commands choose
+(tcmalloc, `cwm_jax/host_memory.py`; `CWM_JAX_TCMALLOC=0` for glibc), and torch
+allocates through the same malloc.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from benchmarks.timing import interleaved, median_ratio
 from cwm_jax.convert import load_hf
+from cwm_jax.host_memory import use_tcmalloc
 from cwm_jax.model import transformer
 from cwm_jax.model.dense import forced_folding
 
@@ -133,4 +136,5 @@ def main():
 
 
 if __name__ == "__main__":
+  use_tcmalloc()  # re-executes this script once, before any measurement
   main()

@@ -19,14 +19,19 @@ score block and [B, K, G, cq, H] accumulators; the float32 logsumexp
 
 Backward (FlashAttention-2). The forward saves `out` and `lse`. With
 D = rowsum(dout * out), a block's probabilities are recomputed as
-p = exp(s - lse) and ds = p * (dout @ v^T - D). dq is accumulated per query
-chunk over its band of key chunks; dk and dv per key chunk over the band of
-query chunks that can see it. Both passes skip the blocks the forward skips.
-The dk/dv pass builds its blocks keys-first ([k, (G, q)]), so both of its
-matmuls contract over the block's minor axes: built queries-first, XLA CPU
-materialised a transposed copy of every block (issue 13: that copy took 30% of
-a T = 1024 step; keys-first ran the step 1.5x faster). One fused pass that also
-accumulates dq there (FA2's layout) was slower on CPU than the two passes.
+p = exp(s - lse) and ds = p * (dout @ v^T - D). One pass walks the key chunks
+and, for each, the band of query chunks that can see it (skipping the blocks the
+forward skips): dk and dv accumulate in the loop carry, dq in a [n, ...] buffer
+indexed by query chunk. Each block costs five matmuls (s, dp, dk, dv, dq); a
+dq pass separate from the dk/dv pass recomputes s and dp, seven.
+Layouts, for XLA CPU (issue 13): blocks are built keys-first ([k, (G, q)]), so
+dk and dv contract over the block's minor axes; built queries-first, XLA
+materialised a transposed copy of every block (30% of a T = 1024 step). dq is
+computed transposed, as k^T @ ds into [H, (G, q)], so that only the small k
+block is transposed, never ds; the buffer is transposed back once at the end.
+(The same fused pass computing dq as ds^T @ k copied ds per block and was slower
+than two passes; in this layout one pass ran a T = 1024 layer's fwd+bwd
+1.2-1.6x faster than the two passes.)
 
 GQA: q is viewed as [B, T, K, G, H]; each kv head serves its G query heads via
 broadcasting in the einsums, so K/V are never repeated.
@@ -181,8 +186,8 @@ def _block_scores(p: _Plan, band: _Band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_
 
 
 def _block_scores_t(p: _Plan, band: _Band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_Bk):
-  """`_block_scores` transposed, keys first: [B, K, k, G, q]. The dk/dv pass
-  contracts over the query rows (G, q); with them minor here its matmuls need no
+  """`_block_scores` transposed, keys first: [B, K, k, G, q]. The backward
+  contracts dk and dv over the query rows (G, q); with them minor here they need no
   transposed copy of the block (on CPU that copy cost more than the matmuls)."""
   s_BKkGq = jnp.einsum("BKkH,BKGqH->BKkGq", k_BKkH, q_BKGqH,
                        preferred_element_type=_F32) * p.scale
@@ -229,45 +234,22 @@ def _forward(p: _Plan, band: _Band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_n
 
 
 def _backward(p: _Plan, res, dout_nBKGqH):
-  """FlashAttention-2 backward: a dq pass and a dk/dv pass. Also returns block counts."""
+  """FlashAttention-2 backward in one pass over the blocks, keys outer. Returns the
+  gradients and the number of blocks visited."""
   band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk, out_nBKGqH, lse_nBKGq = res
   d_nBKGq = jnp.sum(dout_nBKGqH.astype(_F32) * out_nBKGqH.astype(_F32), axis=-1)
   ranges = _segment_ranges(p, qseg_nBq, kseg_nBk)
+  n, B, K, G, cq, H = q_nBKGqH.shape
 
-  def block(qi, kj, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq, kseg_Bk):
-    """Recomputed probabilities p and score gradients ds (pre-scale) of one block."""
-    k_BKkH, v_BKkH = k_nBKkH[kj], v_nBKkH[kj]
-    s_BKGqk = _block_scores(p, band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_Bk)
-    p_BKGqk = jnp.exp(s_BKGqk - lse_BKGq[..., None])
-    dp_BKGqk = jnp.einsum("BKGqH,BKkH->BKGqk", do_BKGqH, v_BKkH, preferred_element_type=_F32)
-    return p_BKGqk, p_BKGqk * (dp_BKGqk - d_BKGq[..., None]), k_BKkH
-
-  def dq_step(count, xs):
-    qi, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq = xs
-
-    def k_step(kj, carry):
-      dq_BKGqH, count = carry
-      kseg_Bk = None if kseg_nBk is None else kseg_nBk[kj]
-      _, ds_BKGqk, k_BKkH = block(qi, kj, q_BKGqH, do_BKGqH, lse_BKGq, d_BKGq, qseg_Bq, kseg_Bk)
-      dq_BKGqH += jnp.einsum("BKGqk,BKkH->BKGqH", ds_BKGqk.astype(k_BKkH.dtype), k_BKkH,
-                             preferred_element_type=_F32)
-      return dq_BKGqH, count + 1
-
-    lo, hi = _key_chunks(p, band, qi)
-    if ranges is not None:
-      lo, hi = _clip(lo, hi, ranges.k_lo[qi], ranges.k_hi[qi])
-    dq_BKGqH, count = lax.fori_loop(lo, hi, k_step, (jnp.zeros(q_BKGqH.shape, _F32), count))
-    return count, (dq_BKGqH * p.scale).astype(q_BKGqH.dtype)
-
-  def dkv_step(count, xs):
-    kj, k_BKkH, kseg_Bk = xs
-    v_BKkH = v_nBKkH[kj]
+  def kv_step(carry, xs):
+    dqT_nBKHGq, count = carry
+    kj, k_BKkH, v_BKkH, kseg_Bk = xs
 
     def q_step(qi, carry):
-      dk_BKkH, dv_BKkH, count = carry
+      dk_BKkH, dv_BKkH, dqT_nBKHGq, count = carry
       q_BKGqH, do_BKGqH = q_nBKGqH[qi], dout_nBKGqH[qi]
       qseg_Bq = None if qseg_nBq is None else qseg_nBq[qi]
-      # The block keys-first ([k, (G, q)]): dk and dv contract over (G, q).
+      # The block keys-first ([k, (G, q)]): dk and dv contract over its minor (G, q).
       s_BKkGq = _block_scores_t(p, band, qi, kj, q_BKGqH, k_BKkH, qseg_Bq, kseg_Bk)
       p_BKkGq = jnp.exp(s_BKkGq - lse_nBKGq[qi][:, :, None])
       dp_BKkGq = jnp.einsum("BKkH,BKGqH->BKkGq", v_BKkH, do_BKGqH, preferred_element_type=_F32)
@@ -276,21 +258,27 @@ def _backward(p: _Plan, res, dout_nBKGqH):
                             preferred_element_type=_F32)
       dv_BKkH += jnp.einsum("BKkGq,BKGqH->BKkH", p_BKkGq.astype(do_BKGqH.dtype), do_BKGqH,
                             preferred_element_type=_F32)
-      return dk_BKkH, dv_BKkH, count + 1
+      # dq transposed, k^T @ ds: only the small k block is transposed, not ds.
+      dqT_BKHGq = jnp.einsum("BKkH,BKkGq->BKHGq", k_BKkH, ds_BKkGq.astype(k_BKkH.dtype),
+                             preferred_element_type=_F32)
+      dqT_nBKHGq = lax.dynamic_update_index_in_dim(
+          dqT_nBKHGq, dqT_nBKHGq[qi] + dqT_BKHGq, qi, axis=0)
+      return dk_BKkH, dv_BKkH, dqT_nBKHGq, count + 1
 
     zeros_BKkH = jnp.zeros(k_BKkH.shape, _F32)
     lo, hi = _query_chunks(p, band, kj)
     if ranges is not None:
       lo, hi = _clip(lo, hi, ranges.q_lo[kj], ranges.q_hi[kj])
-    dk_BKkH, dv_BKkH, count = lax.fori_loop(lo, hi, q_step, (zeros_BKkH, zeros_BKkH, count))
-    return count, ((dk_BKkH * p.scale).astype(k_BKkH.dtype), dv_BKkH.astype(v_nBKkH.dtype))
+    dk_BKkH, dv_BKkH, dqT_nBKHGq, count = lax.fori_loop(
+        lo, hi, q_step, (zeros_BKkH, zeros_BKkH, dqT_nBKHGq, count))
+    return (dqT_nBKHGq, count), ((dk_BKkH * p.scale).astype(k_BKkH.dtype),
+                                 dv_BKkH.astype(v_BKkH.dtype))
 
-  n_dq, dq_nBKGqH = lax.scan(
-      dq_step, jnp.int32(0),
-      (jnp.arange(p.nq), q_nBKGqH, dout_nBKGqH, lse_nBKGq, d_nBKGq, qseg_nBq))
-  n_dkv, (dk_nBKkH, dv_nBKkH) = lax.scan(
-      dkv_step, jnp.int32(0), (jnp.arange(p.nk), k_nBKkH, kseg_nBk))
-  return dq_nBKGqH, dk_nBKkH, dv_nBKkH, (n_dq, n_dkv)
+  init = (jnp.zeros((n, B, K, H, G, cq), _F32), jnp.int32(0))
+  (dqT_nBKHGq, count), (dk_nBKkH, dv_nBKkH) = lax.scan(
+      kv_step, init, (jnp.arange(p.nk), k_nBKkH, v_nBKkH, kseg_nBk))
+  dq_nBKGqH = (dqT_nBKHGq.transpose(0, 1, 2, 4, 5, 3) * p.scale).astype(q_nBKGqH.dtype)
+  return dq_nBKGqH, dk_nBKkH, dv_nBKkH, count
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -366,18 +354,18 @@ def _attend(q_BTNH, k_BSKH, v_BSKH, band: _Band, q_seg_BT, kv_seg_BS, *, chunk_s
 
 def processed_blocks(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, chunk_size: int = 512,
                      scale=None) -> dict[str, int]:
-  """How many [cq, ck] blocks each pass (forward, dq, dk/dv) actually computes.
+  """How many [cq, ck] blocks each pass (forward, backward) actually computes.
 
   Counted by the kernels' own loops (compiled, with traced bounds); a diagnostic
   for tests and benchmarks showing out-of-band blocks are skipped, not masked.
   """
   p, args = _prepare(q_BTNH, k_BSKH, v_BSKH, _Band.of(mask), mask.q_segment_ids,
                      mask.kv_segment_ids, chunk_size, scale)
-  return {name: int(n) for name, n in zip(("forward", "dq", "dkv"), _count_blocks(p, args))}
+  return {name: int(n) for name, n in zip(("forward", "backward"), _count_blocks(p, args))}
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _count_blocks(p: _Plan, args):
   out_nBKGqH, lse_nBKGq, n_fwd = _forward(p, *args)
-  _, _, _, (n_dq, n_dkv) = _backward(p, (*args, out_nBKGqH, lse_nBKGq), jnp.ones_like(out_nBKGqH))
-  return n_fwd, n_dq, n_dkv
+  n_bwd = _backward(p, (*args, out_nBKGqH, lse_nBKGq), jnp.ones_like(out_nBKGqH))[3]
+  return n_fwd, n_bwd

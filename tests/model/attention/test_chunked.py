@@ -11,6 +11,7 @@ block-count tests.
 
 import functools
 import itertools
+import re
 import zlib
 
 import jax
@@ -178,7 +179,7 @@ def test_processes_exactly_the_band_blocks(causal, window, T, S, q_offset, chunk
   q, k = jnp.zeros((B, T, N, H)), jnp.zeros((B, S, 2, H))
   counts = processed_blocks(q, k, k, mask, chunk_size=chunk)
   want = _band_blocks(T, S, mask, chunk)
-  assert counts == {"forward": want, "dq": want, "dkv": want}
+  assert counts == {"forward": want, "backward": want}
 
 
 def test_packed_rows_skip_blocks_between_documents():
@@ -196,7 +197,7 @@ def test_packed_rows_skip_blocks_between_documents():
   ok_BTS = np.asarray(mask.dense_BTS(T, T))
   want = sum(ok_BTS[:, i:i + chunk, j:j + chunk].any()
              for i, j in itertools.product(range(0, T, chunk), range(0, T, chunk)))
-  assert counts == dict.fromkeys(("forward", "dq", "dkv"), want)
+  assert counts == dict.fromkeys(("forward", "backward"), want)
   assert want < _band_blocks(T, T, Mask(causal=True), chunk)
   # Padding (id 0 after the documents, as `pack.make_row` pads) breaks the ids'
   # order; the skipped blocks must still be only fully masked ones.
@@ -219,8 +220,8 @@ def test_sliding_window_work_grows_linearly():
     x, kv = jnp.zeros((B, T, N, H)), jnp.zeros((B, T, 2, H))
     windowed = processed_blocks(x, kv, kv, Mask(causal=True, window=CHUNK), chunk_size=CHUNK)
     full = processed_blocks(x, kv, kv, Mask(causal=True), chunk_size=CHUNK)
-    assert windowed == dict.fromkeys(("forward", "dq", "dkv"), 2 * n - 1)
-    assert full == dict.fromkeys(("forward", "dq", "dkv"), n * (n + 1) // 2)
+    assert windowed == dict.fromkeys(("forward", "backward"), 2 * n - 1)
+    assert full == dict.fromkeys(("forward", "backward"), n * (n + 1) // 2)
 
 
 def test_traced_q_offset():
@@ -261,3 +262,31 @@ def test_never_materialises_scores():
 
   assert largest(reference_attention) >= N * T * S
   assert largest(functools.partial(chunked_attention, chunk_size=CHUNK)) <= x.size < N * T * S // 16
+
+
+def test_backward_copies_no_block_on_cpu():
+  """The backward computes dq as k^T @ ds into [H, (G, q)]: XLA:CPU then transposes
+  only the small k block. The control, ds^T @ k on a keys-first block, makes it
+  write a transposed copy of the block (what made FA2's one pass slow on CPU)."""
+  T, chunk, K = 256, 64, 2
+  G = N // K
+
+  def block_copies(fn, *args):
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    copies = []
+    for m in re.finditer(r"%((?:copy|transpose)[\w.-]*) = f32\[([\d,]+)\]", hlo):
+      if np.prod([int(d) for d in m.group(2).split(",")]) == 1 * K * G * chunk * chunk:
+        copies.append(m.group(1))
+    return copies
+
+  def control(k_BKkH, s_BKkGq, dp_BKkGq):
+    ds_BKkGq = jnp.exp(s_BKkGq) * (dp_BKkGq - 1.0)
+    return jnp.einsum("BKkGq,BKkH->BKGqH", ds_BKkGq, k_BKkH)
+
+  block = jnp.ones((1, K, chunk, G, chunk))
+  assert block_copies(control, jnp.ones((1, K, chunk, H)), block, block), \
+      "XLA:CPU no longer copies ds^T: the layout note in chunked.py is stale"
+  x, kv = jnp.ones((1, T, N, H)), jnp.ones((1, T, K, H))
+  grads = jax.grad(lambda q, k, v: (chunked_attention(q, k, v, Mask(), chunk_size=chunk) ** 2).sum(),
+                   argnums=(0, 1, 2))
+  assert block_copies(grads, x, kv, kv) == []
