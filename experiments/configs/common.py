@@ -29,8 +29,15 @@ ALLOWED_KEYS = ("data_dir",)
 # line from the context into a frame needs a global layer *after* a local one
 # (layer 4), which 4 layers (global, local, local, local) lack; on CPU the extra
 # layers cost little next to the fixed per-step work at this width.
+# The layers run unscanned (`scan_layers`, an execution field: the parameters stay
+# stacked [L, ...], checkpoints are unchanged). Scanning serves compile time and
+# memory at depth; on CPU at 8 layers it compiles no faster (~6 s per train step
+# either way) and its stacked residuals and dynamic-slice/update copies cost
+# ~10% of the train step (midtrain 2 x 1,024: 233-260 vs 214-223 ms per step;
+# pretrain 16 x 256: 467 vs 410 ms; profile in benchmarks/RESULTS.md, issue 13).
 TINY_MODEL = dict(preset="tiny", vocab_size=2048, d_model=128, n_layers=8, n_heads=4,
-                  n_kv_heads=2, head_dim=32, mlp_dim=384, window=128, attention_chunk=128)
+                  n_kv_heads=2, head_dim=32, mlp_dim=384, window=128, attention_chunk=128,
+                  scan_layers=False)
 
 # One learning-rate schedule spans pretraining and midtraining (the paper
 # continues the run): both stages use total = pretrain + midtrain steps.
