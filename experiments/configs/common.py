@@ -42,7 +42,7 @@ TINY_MODEL = dict(preset="tiny", vocab_size=2048, d_model=128, n_layers=8, n_hea
 # One learning-rate schedule spans pretraining and midtraining (the paper
 # continues the run): both stages use total = pretrain + midtrain steps.
 STEPS = {
-    "tiny": {"pretrain": 100, "midtrain": 600, "sft": 100, "rl": 500},
+    "tiny": {"pretrain": 100, "midtrain": 1000, "sft": 100, "rl": 500},
     "cwm_1b": {"pretrain": 40_000, "midtrain": 20_000, "sft": 4_000, "rl": 2_000},
     "cwm_8b": {"pretrain": 1_430_000, "midtrain": 240_000, "sft": 12_000, "rl": 4_000},
     "cwm_32b": {"pretrain": 1_900_000, "midtrain": 300_000, "sft": 24_000, "rl": 8_000},
