@@ -18,7 +18,8 @@ Backends (`BACKENDS`), each declaring where it runs and which masks it serves:
   T * S <= 512 * 512 (on CPU: 128 * 128), else chunked. (cuDNN first: on an H200 it ran
   forward+backward about 1.4x faster than pallas_gpu where both serve;
   `benchmarks/gpu_attention_check.py` measures all of them.)
-An explicit `impl` that cannot serve the call raises a ValueError naming the
+The chunked kernel's block is `chunk`, on CPU smaller for sliding-window layers
+(`block_size`). An explicit `impl` that cannot serve the call raises a ValueError naming the
 backend and the unsupported feature.
 """
 
@@ -44,6 +45,15 @@ SMALL_SCORES = 512 * 512  # T * S up to which 'auto' materialises scores
 # its step is at most ~1.2x slower there, and it compiles in about half the time
 # (a tiny train step at T = 256: 4.9 s vs 7.6 s), which is what the test suite pays.
 SMALL_SCORES_CPU = 128 * 128
+# On CPU the chunked kernel cuts a sliding-window layer into blocks of half the
+# window (at least 32), not of the configured `chunk`: a query block of c rows
+# needs keys from c + W - 1 positions, so big blocks compute mostly masked scores
+# (c = 512 over a 16-key window: 97%), and below ~32 rows the per-block overhead
+# wins. Measured fwd+bwd (issue 13, benchmarks/RESULTS.md): forward_vs_hf `tiny`
+# (W = 16, chunk 512) 1.4x at T = 256 and 1.5x at T = 1024, `small` (W = 128)
+# 1.05x and 1.2x, the quickstart's midtrain step (W = 128, chunk 128) ~1.03x.
+# Accelerators run their own kernels; global layers keep `chunk`.
+MIN_WINDOW_BLOCK_CPU = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +116,14 @@ def choose_impl(platform: str, mask: Mask, dtype, q_shape, k_shape) -> str:
   return "chunked"
 
 
+def block_size(platform: str, mask: Mask, chunk: int) -> int:
+  """The chunked kernel's block size for this call: `chunk`, except on CPU for a
+  sliding-window mask (see MIN_WINDOW_BLOCK_CPU)."""
+  if platform == "cpu" and mask.window is not None:
+    return min(chunk, max(MIN_WINDOW_BLOCK_CPU, mask.window // 2))
+  return chunk
+
+
 def platform_of(x) -> str:
   """'cpu', 'gpu' or 'tpu': the device of a concrete array, else (a tracer) the
   default backend. An array whose device cannot be read (e.g. deleted or donated)
@@ -140,10 +158,13 @@ def attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, impl: str = "auto",
     if reason:
       raise ValueError(f"attention: impl={impl!r} does not support {reason}; "
                        f"use impl='auto' or another backend.")
+  if impl == "chunked":
+    chunk = block_size(platform, mask, chunk)
   return BACKENDS[impl].fn(q_BTNH, k_BSKH, v_BSKH, mask, scale, chunk)
 
 
 IMPLS = ("auto", *BACKENDS)  # every valid `impl` (for config validation)
 
 __all__ = ["Mask", "self_attention_mask", "attention", "reference_attention",
-           "chunked_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "platform_of"]
+           "chunked_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "block_size",
+           "platform_of"]

@@ -397,6 +397,38 @@ def test_every_backend_declares_support_and_auto_runs_on_cpu():
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("platform,window,chunk,want", [
+    ("cpu", 16, 512, 32),    # half the window is below the floor: 32
+    ("cpu", 128, 512, 64),   # half the window
+    ("cpu", 128, 48, 48),    # never above the configured chunk
+    ("cpu", None, 512, 512),  # global layers keep the chunk
+    ("gpu", 16, 512, 512),
+    ("tpu", 128, 512, 512),
+])
+def test_block_size(platform, window, chunk, want):
+  """The chunked kernel's block: on CPU half a sliding window (at least 32, at most
+  the configured chunk); everywhere else, and for global layers, the chunk."""
+  assert attn.block_size(platform, Mask(window=window), chunk) == want
+
+
+def test_cpu_window_layers_run_smaller_blocks(monkeypatch):
+  """The dispatch hands the chunked kernel the smaller block for a windowed mask
+  (and only then), and the result still matches the einsum reference."""
+  seen = []
+  kernel = attn.chunked_attention
+  monkeypatch.setattr(attn, "chunked_attention",
+                      lambda *a, chunk_size, **kw: seen.append(chunk_size) or kernel(
+                          *a, chunk_size=chunk_size, **kw))
+  rng = np.random.default_rng(1)
+  q = jnp.asarray(rng.normal(size=(1, 300, 2, 8)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 300, 1, 8)), jnp.float32)
+  for mask in (Mask(window=100), Mask()):
+    out = attention(q, k, k, mask, impl="chunked", chunk=256)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(reference_attention(q, k, k, mask)),
+                               atol=1e-5)
+  assert seen == [50, 256]
+
+
 # --- Compiled kernels on their hardware ----------------------------------------------------
 
 def _hw_case(impl, mask_name, dtype, T=512, K=2, H=64):
