@@ -117,7 +117,7 @@ def _split_layers(layers, tail_start: int, n_layers: int):
   One `lax.split` of each stacked [L, ...] weight: its transpose concatenates the
   per-layer gradients. Indexing `a[i]` per layer instead transposes to one
   zero-padded [L, ...] gradient per layer, summed: L adds of the whole stack (on
-  CPU, 3-4% of an unscanned `tiny` train step went to those pads and adds)."""
+  CPU ~0.3% of the quickstart's unscanned step per stacked weight, issue 13)."""
   sizes = ([tail_start] if tail_start else []) + [1] * (n_layers - tail_start)
   if len(sizes) == 1:
     return (layers, []) if tail_start else (None, [jax.tree.map(lambda a: a[0], layers)])
