@@ -92,7 +92,7 @@ def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelCon
     def group(carry, xs):
       x_BTD, cache = carry
       g, gp = xs
-      for j, lp in enumerate(_split_layers(gp, 0, p)[1]):
+      for j, lp in enumerate(_unstack_layers(gp, p)):
         t = cfg.layer_types[j]
         # Layer g*p+j is row g*per_group[t] + index[j] of its type's cache stack.
         x_BTD, cache = layer_fn(lp, x_BTD, t, cache, g * per_group[t] + index[j])
@@ -101,31 +101,30 @@ def _apply_layers(layers, x_BTD, cos_BTH, sin_BTH, segment_ids_BT, cfg: ModelCon
     if cfg.remat != "none" and cfg.remat_scope == "group" and update is None:
       group = jax.checkpoint(group, policy=REMAT_POLICIES.get(cfg.remat))
 
-  head, tail = _split_layers(layers, tail_start, cfg.n_layers)
-  if n_groups:
+    head, layers = _split_layers(layers, [tail_start, cfg.n_layers - tail_start])
     grouped = jax.tree.map(lambda a: a.reshape(n_groups, p, *a.shape[1:]), head)
     (x_BTD, cache), _ = jax.lax.scan(group, (x_BTD, cache), (jnp.arange(n_groups), grouped))
 
+  tail = _unstack_layers(layers, cfg.n_layers - tail_start)
   for i, lp in zip(range(tail_start, cfg.n_layers), tail):
     x_BTD, cache = one_layer(lp, x_BTD, cfg.layer_types[i], cache, index[i])
   return x_BTD, cache
 
 
-def _split_layers(layers, tail_start: int, n_layers: int):
-  """(layers [:tail_start] stacked or None, [layer i's params for the rest]).
-
-  One `lax.split` of each stacked [L, ...] weight: its transpose concatenates the
-  per-layer gradients. Indexing `a[i]` per layer instead transposes to one
-  zero-padded [L, ...] gradient per layer, summed: L adds of the whole stack (on
-  CPU ~0.3% of the quickstart's unscanned step per stacked weight, issue 13)."""
-  sizes = ([tail_start] if tail_start else []) + [1] * (n_layers - tail_start)
-  if len(sizes) == 1:
-    return (layers, []) if tail_start else (None, [jax.tree.map(lambda a: a[0], layers)])
+def _split_layers(layers, sizes: list[int]) -> list:
+  """The stacked [L, ...] layer params cut along L into pieces of `sizes`, with one
+  `lax.split` per weight: its transpose concatenates the pieces' gradients.
+  Indexing `a[i]` per layer instead transposes to one zero-padded [L, ...] gradient
+  per layer, summed: L adds of the whole stack (on CPU ~0.3% of the quickstart's
+  unscanned step per stacked weight, issue 13)."""
   leaves, treedef = jax.tree.flatten(layers)
   parts = [jax.lax.split(a, sizes) for a in leaves]
-  pieces = [treedef.unflatten([ps[j] for ps in parts]) for j in range(len(sizes))]
-  head = pieces.pop(0) if tail_start else None
-  return head, [jax.tree.map(lambda a: a[0], piece) for piece in pieces]
+  return [treedef.unflatten([ps[j] for ps in parts]) for j in range(len(sizes))]
+
+
+def _unstack_layers(layers, n: int) -> list:
+  """[layer i's params for i < n] of a stack of n layers (`_split_layers`)."""
+  return [jax.tree.map(lambda a: a[0], piece) for piece in _split_layers(layers, [1] * n)]
 
 
 class CacheUpdate(NamedTuple):
