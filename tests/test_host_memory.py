@@ -72,7 +72,9 @@ def test_a_missing_library_path_is_an_error(monkeypatch):
 
 
 # A jitted program with ~3 x 48 MiB of temporaries: glibc maps them afresh on every
-# call (at least one fault per 4 KiB page), tcmalloc reuses them after warm-up.
+# call (at least one fault per 4 KiB page), tcmalloc reuses them after warm-up. Now
+# and then (seen in ~1 call in 7) tcmalloc takes fresh pages for one call, so the
+# faults are counted per call and tcmalloc is judged by its median call.
 _FAULTS = r"""
 import json, resource
 from cwm_jax.host_memory import use_tcmalloc, tcmalloc_loaded
@@ -82,11 +84,12 @@ x = jnp.ones((6144, 2048), jnp.float32)
 f = jax.jit(lambda x: (jnp.cumsum(x, axis=0) * jnp.cumsum(x, axis=0)[::-1]).sum())
 for _ in range(3):
   jax.block_until_ready(f(x))
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(11):
+  r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(f(x))
-print(json.dumps({"loaded": tcmalloc_loaded(),
-                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5}))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+print(json.dumps({"loaded": tcmalloc_loaded(), "faults": faults}))
 """
 
 
@@ -96,5 +99,5 @@ def test_tcmalloc_removes_the_per_call_page_faults():
   glibc = json.loads(_run(_FAULTS, CWM_JAX_TCMALLOC="0", JAX_PLATFORMS="cpu").stdout.splitlines()[-1])
   tc = json.loads(_run(_FAULTS, JAX_PLATFORMS="cpu").stdout.splitlines()[-1])
   assert not glibc["loaded"] and tc["loaded"]
-  assert glibc["faults"] >= pages, glibc  # each call faults its temporaries in again
-  assert tc["faults"] < pages / 10, tc
+  assert min(glibc["faults"]) >= pages, glibc  # each call faults its temporaries in again
+  assert sorted(tc["faults"])[5] < pages / 10, tc  # the median call reuses them
