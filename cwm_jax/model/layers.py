@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from cwm_jax.model.attention import Mask, attention
 from cwm_jax.model.attention.context_parallel import context_parallel_attention
 from cwm_jax.model.config import GLOBAL, ModelConfig
-from cwm_jax.model.dense import project
+from cwm_jax.model.dense import fold_tokens, project
 from cwm_jax.model.kv_cache import LayerKV, attend_with_cache
 from cwm_jax.model.rope import apply_rope
 from cwm_jax.sharding.rules import ambient_axis_size, constrain
@@ -29,10 +29,23 @@ MLP_AXES = ("batch", "length", "act_mlp")           # [B, T, F]
 
 def rms_norm(x_BTD, weight_D, eps: float):
   """RMSNorm computed in f32; the normalised value is cast back to x's dtype
-  before the scale (`weight * x_normed`, not `1 + weight`), as HF does."""
-  x32 = x_BTD.astype(jnp.float32)
+  before the scale (`weight * x_normed`, not `1 + weight`), as HF does.
+
+  Where `project` folds the token axes (CPU, `dense.fold_tokens`) so does this:
+  with a size-1 batch axis, XLA:CPU ran the backward's reductions over [1, T, D]
+  3-7x slower than over [T, D] (forward+backward of a [1, 1024, 128] norm 1.9 vs
+  0.4 ms; issue 13, benchmarks/RESULTS.md). Same values either way."""
+  if fold_tokens() and x_BTD.ndim > 2:
+    x_MD = x_BTD.reshape(-1, x_BTD.shape[-1])
+    return _rms_norm(x_MD, weight_D, eps).reshape(x_BTD.shape)
+  return _rms_norm(x_BTD, weight_D, eps)
+
+
+def _rms_norm(x, weight_D, eps: float):
+  """RMSNorm over the last axis of x [..., D]."""
+  x32 = x.astype(jnp.float32)
   normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return weight_D * normed.astype(x_BTD.dtype)
+  return weight_D * normed.astype(x.dtype)
 
 
 def swiglu_mlp(x_BTD, gate_DF, up_DF, down_FD):

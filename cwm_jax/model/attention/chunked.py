@@ -237,7 +237,10 @@ def _backward(p: _Plan, res, dout_nBKGqH):
   """FlashAttention-2 backward in one pass over the blocks, keys outer. Returns the
   gradients and the number of blocks visited."""
   band, q_nBKGqH, k_nBKkH, v_nBKkH, qseg_nBq, kseg_nBk, out_nBKGqH, lse_nBKGq = res
-  d_nBKGq = jnp.sum(dout_nBKGqH.astype(_F32) * out_nBKGqH.astype(_F32), axis=-1)
+  # A contraction, not multiply-then-sum: XLA:CPU runs the latter as a YNNPACK
+  # reduce fusion, several times slower here (issue 13, as in `model/norm.py`).
+  d_nBKGq = jnp.einsum("nBKGqH,nBKGqH->nBKGq", dout_nBKGqH.astype(_F32),
+                       out_nBKGqH.astype(_F32))
   ranges = _segment_ranges(p, qseg_nBq, kseg_nBk)
   n, B, K, G, cq, H = q_nBKGqH.shape
 
