@@ -33,8 +33,8 @@ def rms_norm(x_BTD, weight_D, eps: float):
 
   Where `project` folds the token axes (CPU, `dense.fold_tokens`) so does this:
   with a size-1 batch axis, XLA:CPU ran the backward's reductions over [1, T, D]
-  3-7x slower than over [T, D] (forward+backward of a [1, 1024, 128] norm 1.9 vs
-  0.4 ms; issue 13, benchmarks/RESULTS.md). Same values either way."""
+  3-10x slower than over [T, D] (forward+backward of a [1, 1024, 128] norm 1.9 vs
+  0.5 ms: `benchmarks/norm_fold.py`, issue 13). Same values either way."""
   if fold_tokens() and x_BTD.ndim > 2:
     x_MD = x_BTD.reshape(-1, x_BTD.shape[-1])
     return _rms_norm(x_MD, weight_D, eps).reshape(x_BTD.shape)
