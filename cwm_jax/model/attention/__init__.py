@@ -6,6 +6,8 @@ Backends (`BACKENDS`), each declaring where it runs and which masks it serves:
   reference   einsum, materialises [T, S] scores; the test oracle; anywhere
   chunked     online softmax over key chunks in plain JAX, skips out-of-band
               chunks; every mask; anywhere
+  band        causal sliding-window self-attention as batched einsums over
+              [window + block] key bands, no loop; segment ids, GQA; anywhere
   splash      TPU splash kernel: causal, window, segment ids, GQA; static
               q_offset; T, S multiples of 128
   cudnn       cuDNN flash attention: causal, causal window, GQA; no segment ids,
@@ -15,7 +17,8 @@ Backends (`BACKENDS`), each declaring where it runs and which masks it serves:
 
 `impl="auto"` (`choose_impl`, a pure function of platform, mask, dtype and shapes):
   TPU: splash; GPU: cudnn, else pallas_gpu; then the reference while
-  T * S <= 512 * 512 (on CPU: 128 * 128), else chunked. (cuDNN first: on an H200 it ran
+  T * S <= 512 * 512 (on CPU: 128 * 128); on CPU band for windows up to 32 keys;
+  else chunked. (cuDNN first: on an H200 it ran
   forward+backward about 1.4x faster than pallas_gpu where both serve;
   `benchmarks/gpu_attention_check.py` measures all of them.)
 The chunked kernel's block is `chunk`, on CPU smaller for sliding-window layers
@@ -31,7 +34,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from cwm_jax.model.attention import cudnn, pallas_gpu, splash
+from cwm_jax.model.attention import band, cudnn, pallas_gpu, splash
+from cwm_jax.model.attention.band import band_attention
 from cwm_jax.model.attention.chunked import chunked_attention
 from cwm_jax.model.attention.mask import Mask, self_attention_mask
 from cwm_jax.model.attention.reference import reference_attention
@@ -54,6 +58,14 @@ SMALL_SCORES_CPU = 128 * 128
 # 1.05x and 1.2x, the quickstart's midtrain step (W = 128, chunk 128) ~1.03x.
 # Accelerators run their own kernels; global layers keep `chunk`.
 MIN_WINDOW_BLOCK_CPU = 32
+# On CPU a short window goes to the band kernel: with W <= 32 the chunked kernel's
+# loop runs many blocks of little work each, and its per-block cost (~a dozen XLA
+# ops per block) dominates. One attention call, band against chunked, forward /
+# forward+backward at T = 256 and 1024 (issue 13, benchmarks/RESULTS.md,
+# `python -m benchmarks.band_vs_chunked`): W = 16 1.5-2.3x / 1.3-1.75x; W = 32
+# 1.2-1.5x / 0.95-1.25x; W = 64 0.8-1.4x / 0.8-1.1x; W = 128 0.8-1.0x / 0.7-0.9x
+# (there the band's extra keys and autodiff's saved [.., c, W + c] arrays cost more).
+MAX_BAND_WINDOW_CPU = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +97,9 @@ BACKENDS: dict[str, Backend] = {
     "chunked": Backend(
         lambda q, k, v, mask, scale, chunk: chunked_attention(
             q, k, v, mask, chunk_size=chunk, scale=scale)),
+    "band": Backend(
+        lambda q, k, v, mask, scale, chunk: band_attention(q, k, v, mask, scale=scale),
+        check=lambda mask, dtype, q_shape, k_shape: band.unsupported(mask, q_shape[1], k_shape[1])),
     "splash": Backend(
         lambda q, k, v, mask, scale, chunk: splash.splash_attention(q, k, v, mask, scale=scale),
         platforms=("tpu",),
@@ -106,13 +121,17 @@ PREFERRED: dict[str, tuple[str, ...]] = {"tpu": ("splash",), "gpu": ("cudnn", "p
 
 def choose_impl(platform: str, mask: Mask, dtype, q_shape, k_shape) -> str:
   """'auto': the platform's first kernel that serves the call, else the einsum
-  path while the [T, S] scores are small, else the chunked kernel."""
+  path while the [T, S] scores are small, else (CPU, short window) the band
+  kernel, else the chunked kernel."""
   for name in PREFERRED.get(platform, ()):
     if BACKENDS[name].supports(mask, dtype, platform, q_shape, k_shape) is None:
       return name
   small = SMALL_SCORES_CPU if platform == "cpu" else SMALL_SCORES
   if mask.has_positions or q_shape[1] * k_shape[1] <= small:
     return "reference"
+  if platform == "cpu" and mask.window is not None and mask.window <= MAX_BAND_WINDOW_CPU \
+      and BACKENDS["band"].supports(mask, dtype, platform, q_shape, k_shape) is None:
+    return "band"
   return "chunked"
 
 
@@ -166,5 +185,5 @@ def attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, impl: str = "auto",
 IMPLS = ("auto", *BACKENDS)  # every valid `impl` (for config validation)
 
 __all__ = ["Mask", "self_attention_mask", "attention", "reference_attention",
-           "chunked_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "block_size",
+           "chunked_attention", "band_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "block_size",
            "platform_of"]

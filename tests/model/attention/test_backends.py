@@ -344,6 +344,13 @@ TRACED_OFFSET = jnp.asarray(5)  # not a Python int: what a jitted prefill offset
     ("cpu", Mask(q_segment_ids=SEG_SMALL, kv_segment_ids=SEG_SMALL), "float32", SMALL, "chunked"),
     ("cpu", Mask(), "bfloat16", BIG, "chunked"),
     ("cpu", Mask(window=64), "float32", BIG, "chunked"),
+    ("cpu", Mask(window=16), "float32", SMALL, "band"),               # CPU: short windows
+    ("cpu", Mask(window=32, q_segment_ids=SEG, kv_segment_ids=SEG), "float32", BIG, "band"),
+    ("cpu", Mask(window=33), "float32", BIG, "chunked"),
+    ("cpu", Mask(window=16), "float32", TINY, "reference"),           # small scores first
+    ("cpu", Mask(window=16, q_offset=TRACED_OFFSET), "float32", BIG, "chunked"),
+    ("cpu", Mask(causal=False, window=16), "float32", BIG, "chunked"),
+    ("gpu", Mask(window=16), "float32", BIG, "pallas_gpu"),
 ])
 def test_choose_impl(platform, mask, dtype, shape, want):
   """The 'auto' policy as a pure function of (platform, mask, dtype, shapes)."""
@@ -362,6 +369,8 @@ def test_choose_impl(platform, mask, dtype, shape, want):
     ("pallas_gpu", "gpu", Mask(q_offset=TRACED_OFFSET), "bfloat16", BIG, "traced q_offset"),
     ("splash", "tpu", Mask(), "bfloat16", (1, 1000, 8, 128), "multiples of 128"),
     ("splash", "tpu", Mask(q_offset=TRACED_OFFSET), "bfloat16", BIG, "traced q_offset"),
+    ("band", "cpu", Mask(), "float32", BIG, "without a window"),
+    ("band", "cpu", Mask(window=8, q_offset=TRACED_OFFSET), "float32", BIG, "q_offset"),
 ])
 def test_explicit_unsupported_impl_raises(monkeypatch, impl, platform, mask, dtype, shape, phrase):
   """An explicit impl that cannot serve the call fails before running, naming the
@@ -381,17 +390,20 @@ def test_unknown_impl_raises():
 
 def test_every_backend_declares_support_and_auto_runs_on_cpu():
   """Every registered backend answers `supports`; on CPU 'auto' picks the reference
-  for small shapes and the chunked kernel for large ones, both matching the reference."""
-  assert set(BACKENDS) == {"reference", "chunked", "splash", "cudnn", "pallas_gpu"}
+  for small shapes, the band kernel for a short window and the chunked kernel for
+  the rest, all matching the reference."""
+  assert set(BACKENDS) == {"reference", "chunked", "band", "splash", "cudnn", "pallas_gpu"}
   for name, backend in BACKENDS.items():
     reason = backend.supports(Mask(), jnp.dtype(jnp.bfloat16), "cpu", BIG, _kv(BIG))
     assert (reason is None) == (name in ("reference", "chunked")), name
+    reason = backend.supports(Mask(window=8), jnp.dtype(jnp.float32), "cpu", BIG, _kv(BIG))
+    assert (reason is None) == (name in ("reference", "chunked", "band")), name
   assert attn.platform_of(jnp.zeros(3)) == "cpu"
   rng = np.random.default_rng(0)
-  for T in (16, 600):
+  for T, window in ((16, 100), (600, 100), (600, 16)):
     q = jnp.asarray(rng.normal(size=(1, T, 2, 8)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(1, T, 1, 8)), jnp.float32)
-    mask = Mask(window=100)
+    mask = Mask(window=window)
     out = jax.jit(lambda q, k: attention(q, k, k, mask, chunk=128))(q, k)
     np.testing.assert_allclose(np.asarray(out), np.asarray(reference_attention(q, k, k, mask)),
                                atol=1e-5)
