@@ -13,8 +13,9 @@ import pytest
 from cwm_jax.model.attention.band import band_attention, block_rows
 from cwm_jax.model.attention.mask import Mask
 from cwm_jax.model.attention.reference import reference_attention
+from tests.model.attention.test_backends import B, _packed_segments  # [B, T] packed ids
 
-B, N, H = 2, 4, 8
+N, H = 4, 8
 
 
 def _inputs(T, K, seed, dtype=jnp.float32):
@@ -22,17 +23,6 @@ def _inputs(T, K, seed, dtype=jnp.float32):
   def normal(*shape):
     return jnp.asarray(rng.normal(size=shape), jnp.float32).astype(dtype)
   return normal(B, T, N, H), normal(B, T, K, H), normal(B, T, K, H), normal(B, T, N, H)
-
-
-def _segments(T, seed):
-  """[B, T] ids of several packed documents per row; boundaries differ per row."""
-  rng = np.random.default_rng(seed)
-  rows = []
-  for _ in range(B):
-    starts = np.zeros(T, np.int32)
-    starts[rng.choice(np.arange(1, T), size=3, replace=False)] = 1
-    rows.append(np.cumsum(starts))
-  return jnp.asarray(np.stack(rows))
 
 
 def _out_and_grads(fn, q, k, v, w):
@@ -50,7 +40,7 @@ def _out_and_grads(fn, q, k, v, w):
 def test_matches_reference(T, window, block, K, segments):
   seed = zlib.crc32(repr((T, window, block, K, segments)).encode())
   q, k, v, w = _inputs(T, K, seed)
-  seg = _segments(T, seed) if segments else None
+  seg = _packed_segments(np.random.default_rng(seed), T) if segments else None
   mask = Mask(window=window, q_segment_ids=seg, kv_segment_ids=seg)
   got = jax.jit(lambda q, k, v, w: _out_and_grads(
       lambda q, k, v: band_attention(q, k, v, mask, block=block), q, k, v, w))(q, k, v, w)
