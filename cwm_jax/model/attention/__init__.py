@@ -62,8 +62,8 @@ MIN_WINDOW_BLOCK_CPU = 32
 # loop runs many blocks of little work each, and its per-block cost (~a dozen XLA
 # ops per block) dominates. One attention call, band against chunked, forward /
 # forward+backward at T = 256 and 1024 (issue 13, benchmarks/RESULTS.md,
-# `python -m benchmarks.band_vs_chunked`): W = 16 1.5-2.3x / 1.3-1.75x; W = 32
-# 1.2-1.5x / 0.95-1.25x; W = 64 0.8-1.4x / 0.8-1.1x; W = 128 0.8-1.0x / 0.7-0.9x
+# `python -m benchmarks.band_vs_chunked`): W = 16 1.55-2.1x / 1.55-2.3x; W = 32
+# 1.1-1.8x / 1.2-1.7x; W = 64 0.9-1.2x / 1.0-1.1x; W = 128 0.65-0.9x / 0.7-0.85x
 # (there the band's extra keys and autodiff's saved [.., c, W + c] arrays cost more).
 MAX_BAND_WINDOW_CPU = 32
 

@@ -6,7 +6,7 @@ scores form one [B, n, K, G, c, (r + 1) c] array: one einsum for the scores, one
 exact softmax, one einsum with the values, no loop. Memory and work are
 O(T * N * (W + c)): meant for short windows, where the chunked kernel's per-block
 loop overhead, not its FLOPs, is the cost (on CPU, a 16-key window: forward
-1.5-2.3x and forward+backward 1.3-1.75x faster than the chunked kernel; from
+1.5-2.1x and forward+backward 1.5-2.3x faster than the chunked kernel; from
 W = 64 on the chunked kernel is as fast or faster: `choose_impl`,
 `benchmarks/band_vs_chunked.py`).
 Gradients are JAX's autodiff of this program.
@@ -21,6 +21,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from cwm_jax.model.attention.mask import Mask
 
@@ -102,7 +103,9 @@ def band_attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, block: Optional[int] =
                         preferred_element_type=_F32) * scale
   s_BKnGqk = jnp.where(ok_11n1qk, s_BKnGqk, -jnp.inf)
   m_BKnGq1 = jnp.max(s_BKnGqk, axis=-1, keepdims=True)
-  m_BKnGq1 = jnp.where(jnp.isfinite(m_BKnGq1), m_BKnGq1, 0.0)  # rows that see no key
+  # The row max only keeps exp in range: softmax does not depend on it, so its
+  # gradient is zero and autodiff need not trace back through the max.
+  m_BKnGq1 = lax.stop_gradient(jnp.where(jnp.isfinite(m_BKnGq1), m_BKnGq1, 0.0))
   p_BKnGqk = jnp.exp(s_BKnGqk - m_BKnGq1)
   l_BKnGq1 = jnp.sum(p_BKnGqk, axis=-1, keepdims=True)
   o_BKnGqH = jnp.einsum("BKnGqk,BKnkH->BKnGqH", p_BKnGqk.astype(v_BSKH.dtype), v_BKnkH,
