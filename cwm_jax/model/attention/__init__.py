@@ -185,5 +185,5 @@ def attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, impl: str = "auto",
 IMPLS = ("auto", *BACKENDS)  # every valid `impl` (for config validation)
 
 __all__ = ["Mask", "self_attention_mask", "attention", "reference_attention",
-           "chunked_attention", "band_attention", "BACKENDS", "Backend", "IMPLS", "choose_impl", "block_size",
-           "platform_of"]
+           "chunked_attention", "band_attention", "BACKENDS", "Backend", "IMPLS",
+           "choose_impl", "block_size", "platform_of"]

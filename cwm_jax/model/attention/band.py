@@ -49,19 +49,16 @@ def block_rows(window: int) -> int:
   return max(MIN_BLOCK, window // 2)
 
 
-def _key_windows(x_B_T_, n: int, c: int, r: int, pad_value=0):
-  """[B, ..., T, ...] (time on axis `t`, see below) -> for each query block i the
-  positions of key blocks i - r .. i, [B, ..., n, (r + 1) * c, ...]; positions before
-  0 and from T on hold `pad_value`. Time is axis 2 of a [B, K, T, H] array, axis 1
-  of a [B, T] one."""
-  t = 2 if x_B_T_.ndim == 4 else 1
-  T = x_B_T_.shape[t]
-  pad = [(0, 0)] * x_B_T_.ndim
-  pad[t] = (r * c, n * c - T)
-  x = jnp.pad(x_B_T_, pad, constant_values=pad_value)
-  blocks = x.reshape(*x.shape[:t], n + r, c, *x.shape[t + 1:])
-  return jnp.concatenate([jax.lax.slice_in_dim(blocks, j, j + n, axis=t) for j in range(r + 1)],
-                         axis=t + 1)
+def _key_windows(x, n: int, c: int, r: int, axis: int, pad_value=0):
+  """`x` with time on `axis` -> for each query block i the positions of key blocks
+  i - r .. i: time becomes [n, (r + 1) * c] at `axis`; positions before 0 and from
+  T on hold `pad_value`."""
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (r * c, n * c - x.shape[axis])
+  x = jnp.pad(x, pad, constant_values=pad_value)
+  blocks = x.reshape(*x.shape[:axis], n + r, c, *x.shape[axis + 1:])
+  return jnp.concatenate([lax.slice_in_dim(blocks, j, j + n, axis=axis) for j in range(r + 1)],
+                         axis=axis + 1)
 
 
 def band_attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, block: Optional[int] = None,
@@ -84,8 +81,8 @@ def band_attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, block: Optional[int] =
   # scores and strided softmax passes were ~1.4x slower on CPU).
   q_BKnGqH = jnp.pad(q_BTNH, [(0, 0), (0, n * c - T), (0, 0), (0, 0)]).reshape(
       B, n, c, K, G, H).transpose(0, 3, 1, 4, 2, 5)
-  k_BKnkH = _key_windows(k_BSKH.transpose(0, 2, 1, 3), n, c, r)
-  v_BKnkH = _key_windows(v_BSKH.transpose(0, 2, 1, 3), n, c, r)
+  k_BKnkH = _key_windows(k_BSKH.transpose(0, 2, 1, 3), n, c, r, axis=2)
+  v_BKnkH = _key_windows(v_BSKH.transpose(0, 2, 1, 3), n, c, r, axis=2)
 
   # Absolute positions: query row a of block i is i*c + a; key column b of its
   # window is (i - r)*c + b (negative and >= T: padding, never seen).
@@ -95,7 +92,7 @@ def band_attention(q_BTNH, k_BSKH, v_BSKH, mask: Mask, *, block: Optional[int] =
   if mask.has_segments:
     qseg_Bnq = jnp.pad(mask.q_segment_ids, [(0, 0), (0, n * c - T)],
                        constant_values=-1).reshape(B, n, c)
-    kseg_Bnk = _key_windows(mask.kv_segment_ids, n, c, r, pad_value=-1)
+    kseg_Bnk = _key_windows(mask.kv_segment_ids, n, c, r, axis=1, pad_value=-1)
     same_Bnqk = qseg_Bnq[:, :, :, None] == kseg_Bnk[:, :, None, :]
     ok_11n1qk = ok_11n1qk & same_Bnqk[:, None, :, None]
 
