@@ -35,8 +35,9 @@ JAX's `saved_residuals` in tests/sharding/test_plan.py):
                                               a shard sees (context_parallel.py):
                                               T (global, all-gather), t + W - 1
                                               (local, halo)
-            (reference instead: b t H (2n + 2k) c + (22 + c) b n t s: q, k, v and
-             five f32, one compute-dtype and two bool [b, n, t, s] score-sized arrays)
+            (reference instead: b t H (2n + 2k) c + (4 + c') b n t s: q, k, v, out
+             and the f32 softmax p (reference.masked_softmax), plus its cast for
+             p.v in a narrower dtype, c' = c if c < 4 else 0)
           + 6 b t f c                         SwiGLU: gate, up, three SiLU
                                               residuals, gate*up
   S_dots  = b t ((n + 2k) H + D + 2f) c       dot outputs q, k, v, o, gate, up
@@ -160,7 +161,7 @@ def layer_saved_bytes(cfg: ModelConfig, b: int, t: int, n: int, k: int, f: int, 
   if attention == "flash":
     attn = bt * H * 3 * n * c + 2 * b * s * k * H * c + b * n * t * 4 + 2 * bt * 4
   else:
-    attn = bt * H * (2 * n + 2 * k) * c + (22 + c) * b * n * t * s
+    attn = bt * H * (2 * n + 2 * k) * c + (4 + (c if c < 4 else 0)) * b * n * t * s
   return norms + resid + rope + attn + 6 * bt * f * c
 
 
