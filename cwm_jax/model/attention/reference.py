@@ -2,16 +2,16 @@
 every other backend is tested against; fine for short sequences only.
 
 Two choices make it fast enough to be CPU `auto`'s pick for small score matrices
-and the decode path's attention (issue 13, benchmarks/RESULTS.md "2026-12-05
-(later)"), with the same values:
+and the decode path's attention, with the same values (issue 13; benchmarks/RESULTS.md
+"2026-12-05 (later)"; together, one call at T = 64-256: forward 1.2-2.9x,
+forward+backward 1.2-3.1x, `python -m benchmarks.reference_layout`):
 - Operands go heads-first ([B, K, G, T, H] · [B, K, S, H]) before the einsums.
   From the token-major layout XLA:CPU emitted the scores as [K, S, G*T], so every
   elementwise pass of the softmax read them transposed (4 ns per score against 0.5).
-  One call's forward at T = 128-256 ran 1.4-4x faster, forward+backward 1.1-2.3x.
 - `masked_softmax` carries softmax's own derivative, so autodiff keeps only the
   probabilities for the backward instead of the masked scores, the exp and the
   select masks (26 bytes per f32 score -> 4; `cwm_jax/sharding/plan.py` counts
-  them): forward+backward another 1.1-1.5x.
+  them): forward+backward 1.1-1.5x on top of the layout.
 """
 
 from __future__ import annotations
